@@ -1,0 +1,475 @@
+//! The client side of each listener: reads every HTTP/1 request head itself before handing
+//! the connection to pingora, so that the gateway can enforce what pingora leaves open:
+//!
+//! - `client_header_timeout`: the whole head must arrive in time (slowloris clients are
+//!   closed with 408, and never hold anything but their own small buffer);
+//! - `client_idle_timeout`: an idle keep-alive connection is closed;
+//! - `max_header_bytes`: a larger head gets 431;
+//! - ambiguous framing (Content-Length with Transfer-Encoding, differing or malformed
+//!   Content-Length, an unknown transfer coding, a bad chunk size already received)
+//!   gets 400 and the connection is closed before anything reaches a backend.
+//!
+//! The head bytes are then given to pingora's parser as a "pipelined prefix", so nothing
+//! is read twice. HTTP/2 (ALPN h2) connections go straight to pingora.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{timeout, timeout_at, Instant};
+
+use crate::proxy::Gateway;
+
+/// Client-side limits of a listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Time allowed for a whole request head.
+    pub header_timeout: Duration,
+    /// Time an idle keep-alive connection is kept.
+    pub idle_timeout: Duration,
+}
+
+/// A listener's application: the head guard in front of pingora's HTTP proxy.
+pub struct Frontend {
+    proxy: Arc<HttpProxy<Gateway>>,
+    limits: ClientLimits,
+    connections: Arc<AtomicI64>,
+}
+
+impl Frontend {
+    /// Guard `proxy` with `limits`; `connections` counts open client connections.
+    pub fn new(
+        proxy: HttpProxy<Gateway>,
+        limits: ClientLimits,
+        connections: Arc<AtomicI64>,
+    ) -> Self {
+        Self {
+            proxy: Arc::new(proxy),
+            limits,
+            connections,
+        }
+    }
+}
+
+struct ConnectionCount(Arc<AtomicI64>);
+
+impl Drop for ConnectionCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What reading a request head came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    /// A complete head (and whatever followed it) is in the buffer.
+    Complete,
+    /// The client closed, went idle too long, or shutdown began: close quietly.
+    Closed,
+    /// The client was too slow sending the head.
+    TimedOut,
+    /// The head is larger than allowed.
+    TooLarge,
+    /// The head is malformed or its framing is ambiguous.
+    Bad(&'static str),
+}
+
+#[async_trait]
+impl ServerApp for Frontend {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        let _count = ConnectionCount(self.connections.clone());
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+        let limits = self.limits;
+        let mut settings = None;
+        let mut first = true;
+        loop {
+            let mut buf = BytesMut::with_capacity(4096);
+            let outcome = read_head(&mut stream, &mut buf, &limits, first, shutdown).await;
+            match outcome {
+                Head::Complete => {}
+                Head::Closed => return None,
+                Head::TimedOut => {
+                    reject(
+                        &mut stream,
+                        408,
+                        "request timeout: the request head took too long",
+                    )
+                    .await;
+                    return None;
+                }
+                Head::TooLarge => {
+                    reject(&mut stream, 431, "request header fields too large").await;
+                    return None;
+                }
+                Head::Bad(why) => {
+                    reject(&mut stream, 400, why).await;
+                    return None;
+                }
+            }
+            let mut session = ServerSession::new_http1(stream);
+            let idle = limits.idle_timeout.as_secs().max(1);
+            session.set_keepalive(if *shutdown.borrow() { None } else { Some(idle) });
+            if let Some(s) = settings.take() {
+                pingora_core::apps::HttpPersistentSettings::apply_to_session(s, &mut session);
+            }
+            session.set_pipelined_prefix(buf);
+            let reused = self.proxy.process_new_http(session, shutdown).await?;
+            let (next, next_settings) = reused.consume();
+            stream = next;
+            settings = next_settings;
+            first = false;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+async fn reject(stream: &mut Stream, status: u16, body: &str) {
+    let reason = match status {
+        400 => "Bad Request",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        _ => "Error",
+    };
+    let text = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n\r\n{body}\n",
+        body.len() + 1
+    );
+    let _ = timeout(Duration::from_secs(2), async {
+        let _ = stream.write_all(text.as_bytes()).await;
+        let _ = stream.flush().await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// Read one request head into `buf`, enforcing the limits.
+pub async fn read_head<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    limits: &ClientLimits,
+    first: bool,
+    shutdown: &ShutdownWatch,
+) -> Head
+where
+    S: tokio::io::AsyncRead + Unpin + ?Sized,
+{
+    // Wait for the first byte: a new connection has `header_timeout` for its whole head; an
+    // idle keep-alive connection may wait `idle_timeout` before starting the next one.
+    let wait = if first {
+        limits.header_timeout
+    } else {
+        limits.idle_timeout
+    };
+    let start = Instant::now();
+    let mut shutdown = shutdown.clone();
+    let read = tokio::select! {
+        biased;
+        r = timeout(wait, stream.read_buf(buf)) => r,
+        _ = shutdown.changed(), if !first => return Head::Closed,
+    };
+    match read {
+        Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
+        Ok(Ok(_)) => {}
+        Err(_) if first => return Head::TimedOut,
+        Err(_) => return Head::Closed,
+    }
+    let deadline = if first {
+        start + limits.header_timeout
+    } else {
+        Instant::now() + limits.header_timeout
+    };
+    let mut scanned = 0;
+    loop {
+        if let Some(end) = find_head_end(buf, scanned) {
+            if end > limits.max_header_bytes {
+                return Head::TooLarge;
+            }
+            return match check_framing(&buf[..end], &buf[end..]) {
+                Ok(()) => Head::Complete,
+                Err(why) => Head::Bad(why),
+            };
+        }
+        if buf.len() > limits.max_header_bytes {
+            return Head::TooLarge;
+        }
+        scanned = buf.len().saturating_sub(3);
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(buf.len().min(limits.max_header_bytes));
+        }
+        match timeout_at(deadline, stream.read_buf(buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return Head::Closed,
+            Ok(Ok(_)) => {}
+            Err(_) => return Head::TimedOut,
+        }
+    }
+}
+
+/// The end of the head (just past the blank line), searching from `from`.
+fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    // Leading empty lines before a request line are allowed (RFC 9112 section 2.2).
+    let mut start = 0;
+    while start < buf.len() && (buf[start] == b'\r' || buf[start] == b'\n') {
+        start += 1;
+    }
+    let from = from.max(start);
+    let mut i = from;
+    while let Some(pos) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + pos;
+        // "\n\n" or "\n\r\n"
+        if nl > start {
+            if buf[nl - 1] == b'\n' {
+                return Some(nl + 1);
+            }
+            if nl >= 2 && buf[nl - 1] == b'\r' && buf[nl - 2] == b'\n' {
+                return Some(nl + 1);
+            }
+        }
+        i = nl + 1;
+    }
+    None
+}
+
+/// Reject ambiguous or malformed message framing (request smuggling vectors).
+pub fn check_framing(head: &[u8], body: &[u8]) -> Result<(), &'static str> {
+    let mut content_length: Option<u64> = None;
+    let mut transfer_encoding = false;
+    let mut chunked_last = false;
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    // Skip leading empty lines and the request line.
+    for line in lines.by_ref() {
+        if !line.is_empty() {
+            break;
+        }
+    }
+    for line in lines {
+        if line.is_empty() {
+            break;
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            return Err("bad request: obsolete line folding in the header");
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            return Err("bad request: malformed header line");
+        };
+        let name = &line[..colon];
+        let value = trim(&line[colon + 1..]);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let Some(n) = parse_decimal(value) else {
+                return Err("bad request: invalid Content-Length");
+            };
+            if content_length.is_some_and(|prev| prev != n) {
+                return Err("bad request: conflicting Content-Length headers");
+            }
+            content_length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encoding = true;
+            for coding in value
+                .split(|&b| b == b',')
+                .map(trim)
+                .filter(|c| !c.is_empty())
+            {
+                chunked_last = coding.eq_ignore_ascii_case(b"chunked");
+                if !chunked_last && !coding.eq_ignore_ascii_case(b"identity") {
+                    return Err("bad request: unsupported Transfer-Encoding");
+                }
+            }
+        }
+    }
+    if transfer_encoding && content_length.is_some() {
+        return Err("bad request: both Content-Length and Transfer-Encoding");
+    }
+    if transfer_encoding && !chunked_last {
+        return Err("bad request: Transfer-Encoding must end with chunked");
+    }
+    if transfer_encoding {
+        check_chunks(body)?;
+    }
+    Ok(())
+}
+
+fn trim(v: &[u8]) -> &[u8] {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &v[start..end]
+}
+
+fn parse_decimal(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Check the chunk-size lines of the part of a chunked body already received.
+fn check_chunks(mut body: &[u8]) -> Result<(), &'static str> {
+    const BAD: &str = "bad request: invalid chunk size";
+    loop {
+        let Some(nl) = body.iter().position(|&b| b == b'\n') else {
+            // Incomplete size line: check what is there.
+            let part = body.split(|&b| b == b';').next().unwrap_or(&[]);
+            if part.len() > 16 || !part.iter().all(|b| b.is_ascii_hexdigit() || *b == b'\r') {
+                return Err(BAD);
+            }
+            return Ok(());
+        };
+        let line = body[..nl].strip_suffix(b"\r").unwrap_or(&body[..nl]);
+        let size_part = trim(line.split(|&b| b == b';').next().unwrap_or(&[]));
+        if size_part.is_empty()
+            || size_part.len() > 16
+            || !size_part.iter().all(u8::is_ascii_hexdigit)
+        {
+            return Err(BAD);
+        }
+        let size = u64::from_str_radix(std::str::from_utf8(size_part).map_err(|_| BAD)?, 16)
+            .map_err(|_| BAD)?;
+        if size == 0 {
+            return Ok(()); // trailers follow
+        }
+        let rest = &body[nl + 1..];
+        let Ok(size) = usize::try_from(size) else {
+            return Ok(());
+        };
+        if rest.len() < size + 2 {
+            return Ok(()); // data still arriving
+        }
+        let after = &rest[size..];
+        if !(after.starts_with(b"\r\n") || after.starts_with(b"\n")) {
+            return Err("bad request: chunk data not followed by CRLF");
+        }
+        body = &after[if after.starts_with(b"\r\n") { 2 } else { 1 }..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(req: &str) -> Result<(), &'static str> {
+        let end = find_head_end(req.as_bytes(), 0).expect("complete head");
+        check_framing(&req.as_bytes()[..end], &req.as_bytes()[end..])
+    }
+
+    #[test]
+    fn finds_the_end_of_the_head() {
+        assert_eq!(
+            find_head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nBODY", 0),
+            Some(27)
+        );
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\nHost: a\n\n", 0), Some(24));
+        assert_eq!(find_head_end(b"\r\nGET / HTTP/1.1\r\n\r\n", 0), Some(20));
+        assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+    }
+
+    #[test]
+    fn plain_requests_pass() {
+        assert_eq!(check("GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(()));
+        assert_eq!(
+            check("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"),
+            Ok(())
+        );
+        assert_eq!(
+            check("POST / HTTP/1.1\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\n"),
+            Ok(())
+        );
+        assert_eq!(
+            check("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"),
+            Ok(())
+        );
+        assert_eq!(
+            check("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhel"),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn smuggling_shapes_are_rejected() {
+        assert!(check(
+            "POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .is_err());
+        assert!(
+            check("POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n").is_err()
+        );
+        assert!(check("POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n").is_err());
+        assert!(check("POST / HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n").is_err());
+        assert!(check("POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n").is_err());
+        assert!(check("POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").is_err());
+        assert!(check(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+        )
+        .is_err());
+        assert!(check(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n"
+        )
+        .is_err());
+        assert!(check("GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn slow_head_times_out_and_large_head_is_refused() {
+        let limits = ClientLimits {
+            max_header_bytes: 1024,
+            header_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(5),
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .unwrap();
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            read_head(&mut server, &mut buf, &limits, true, &rx).await,
+            Head::TimedOut
+        );
+
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
+        client.write_all(big.as_bytes()).await.unwrap();
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            read_head(&mut server, &mut buf, &limits, true, &rx).await,
+            Head::TooLarge
+        );
+
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = BytesMut::new();
+        assert_eq!(
+            read_head(&mut server, &mut buf, &limits, true, &rx).await,
+            Head::Complete
+        );
+    }
+}

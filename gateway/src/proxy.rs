@@ -1,0 +1,570 @@
+//! The request path: pingora's `ProxyHttp` phases calling the router, the balancer and the
+//! forwarding rules.
+//!
+//! - `request_filter`: route lookup (404), client address, request id;
+//! - `upstream_peer`: the balancer picks a backend (503 when none is eligible), with backoff
+//!   between attempts;
+//! - `upstream_request_filter`: forwarding headers, prefix strip;
+//! - `response_filter`: hop-by-hop headers removed, request id echoed;
+//! - `fail_to_connect` / `fail_to_proxy`: retries and the gateway's own error answers;
+//! - `logging`: load accounting and the access log.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::access_log::Entry;
+use crate::state::{InFlight, Runtime, Shared};
+use crate::upstream::UpstreamRuntime;
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The proxy of one listener.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    listener: usize,
+    tls: bool,
+}
+
+impl Gateway {
+    /// The proxy for listener number `listener`.
+    pub fn new(shared: Arc<Shared>, listener: usize, tls: bool) -> Self {
+        Self {
+            shared,
+            listener,
+            tls,
+        }
+    }
+}
+
+/// Per-request state carried across the phases.
+pub struct RequestCtx {
+    start: Instant,
+    _in_flight: InFlight,
+    runtime: Option<Arc<Runtime>>,
+    route: Option<usize>,
+    upstream: Option<Arc<UpstreamRuntime>>,
+    backend: Option<usize>,
+    dispatched: Option<Instant>,
+    attempts: u32,
+    client_ip: Option<IpAddr>,
+    request_id: Option<HeaderValue>,
+    /// Body of the gateway's own error answer, when it makes one.
+    error_body: Option<String>,
+}
+
+impl RequestCtx {
+    fn route_name(&self) -> Option<&str> {
+        let rt = self.runtime.as_ref()?;
+        Some(rt.routes.routes().get(self.route?)?.name.as_str())
+    }
+}
+
+/// Whether `id` is a well-formed request id: 1 to 128 of `A-Z a-z 0-9 . _ -`.
+pub fn valid_request_id(id: &[u8]) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A fresh random request id (32 hex digits).
+pub fn new_request_id() -> HeaderValue {
+    let n: u128 = rand::random();
+    let mut buf = [0u8; 32];
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = HEX[((n >> (4 * (31 - i))) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+}
+
+/// The client address: the peer, or with a trusted peer the rightmost X-Forwarded-For
+/// entry that is not itself a trusted proxy.
+pub fn client_address(
+    peer: Option<IpAddr>,
+    xff: Option<&[u8]>,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return Some(peer);
+    }
+    let Some(xff) = xff.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return Some(peer);
+    };
+    let mut last = peer;
+    for part in xff.rsplit(',') {
+        match part.trim().parse::<IpAddr>() {
+            Ok(ip) if is_trusted(&ip) => last = ip,
+            Ok(ip) => return Some(ip),
+            Err(_) => return Some(last),
+        }
+    }
+    Some(last)
+}
+
+fn status_of(e: &Error) -> u16 {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | BindError
+        | ConnectProxyFailure | TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert
+        | HandshakeError | TLSWantX509Lookup => 502,
+        ReadTimedout | WriteTimedout if *e.esource() == ErrorSource::Upstream => 504,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ReadError | WriteError | ConnectionClosed => 0,
+                ReadTimedout | WriteTimedout => 408,
+                _ => 400,
+            },
+            _ => 500,
+        },
+    }
+}
+
+fn reason_text(status: u16) -> &'static str {
+    match status {
+        400 => "bad request",
+        404 => "not found",
+        408 => "request timeout",
+        413 => "request body too large",
+        431 => "request header fields too large",
+        502 => "bad gateway: the upstream server could not be reached or failed",
+        503 => "service unavailable: no healthy backend",
+        504 => "gateway timeout: the upstream server did not answer in time",
+        _ => "error",
+    }
+}
+
+/// Write one of the gateway's own answers: short plain text, the request id echoed.
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    body: &str,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len() + 1)?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    if let Some(id) = request_id {
+        resp.insert_header(X_REQUEST_ID.clone(), id.clone())?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        let mut text = String::with_capacity(body.len() + 1);
+        text.push_str(body);
+        text.push('\n');
+        session
+            .write_response_body(Some(Bytes::from(text)), true)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Hop-by-hop response headers (and those `Connection` names) that never reach the client.
+fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
+    let named: Vec<HeaderName> = resp
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| {
+            n != header::UPGRADE && n != header::CONTENT_LENGTH && n != header::TRANSFER_ENCODING
+        })
+        .collect();
+    for n in named {
+        resp.remove_header(&n);
+    }
+    let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    if !switching {
+        resp.remove_header(&header::CONNECTION);
+        resp.remove_header(&header::UPGRADE);
+    }
+    resp.remove_header("keep-alive");
+    resp.remove_header("proxy-connection");
+    resp.remove_header(&header::TE);
+    resp.remove_header(&header::TRAILER);
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            _in_flight: InFlight::new(&self.shared),
+            runtime: None,
+            route: None,
+            upstream: None,
+            backend: None,
+            dispatched: None,
+            attempts: 0,
+            client_ip: None,
+            request_id: None,
+            error_body: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let runtime = self.shared.runtime.load_full();
+        if !self.shared.is_ready() {
+            // Shutting down: finish this request, then close the connection.
+            session.set_keepalive(None);
+        }
+        let req = session.req_header();
+        ctx.request_id = Some(match req.headers.get(&X_REQUEST_ID) {
+            Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
+            _ => new_request_id(),
+        });
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        ctx.client_ip = client_address(
+            peer,
+            req.headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()),
+            &runtime.config.trusted_proxies,
+        );
+        let host = request_host(req);
+        let facts = crate::router::RequestFacts {
+            listener: self.listener,
+            host,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            method: &req.method,
+            headers: &req.headers,
+        };
+        let found = runtime.routes.lookup(&facts).map(|(i, r)| (i, r.upstream));
+        match found {
+            Some((route, upstream)) => {
+                ctx.route = Some(route);
+                ctx.upstream = runtime.upstreams.get(upstream).cloned();
+                ctx.runtime = Some(runtime);
+                Ok(false)
+            }
+            None => {
+                ctx.runtime = Some(runtime);
+                let req = session.req_header();
+                let body = format!(
+                    "no route for {} {}",
+                    req.method,
+                    truncate(req.uri.path(), 200)
+                );
+                respond(session, 404, &body, ctx.request_id.as_ref()).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(upstream) = ctx.upstream.clone() else {
+            return Error::e_explain(ErrorType::HTTPStatus(500), "no upstream");
+        };
+        if ctx.attempts > 0 {
+            // Exponential backoff with full jitter: base * 2^(n-1) * U(0.5, 1.5).
+            let base = upstream.retry_backoff.as_secs_f64()
+                * f64::from(1u32 << (ctx.attempts - 1).min(10));
+            let jitter: f64 = 0.5 + rand::random::<f64>();
+            tokio::time::sleep(Duration::from_secs_f64((base * jitter).min(5.0))).await;
+        }
+        let req = session.req_header();
+        let key = upstream
+            .hash_key
+            .as_ref()
+            .and_then(|k| k.extract(&req.headers, req.uri.path(), req.uri.query()));
+        let avoid = if ctx.attempts > 0 { ctx.backend } else { None };
+        let Some(idx) = upstream.pick(ctx.client_ip, key, avoid) else {
+            ctx.error_body = Some(format!("no healthy backend for upstream {}", upstream.name));
+            ctx.backend = None;
+            log::warn!("upstream {}: no eligible backend", upstream.name);
+            return Error::e_explain(ErrorType::HTTPStatus(503), "no eligible backend");
+        };
+        ctx.attempts += 1;
+        ctx.backend = Some(idx);
+        let backend = &upstream.backends[idx];
+        if ctx.dispatched.is_none() {
+            backend.plugin.load.start();
+            ctx.dispatched = Some(Instant::now());
+        }
+        Ok(Box::new(backend.peer.clone()))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let runtime = ctx.runtime.as_ref().expect("set in request_filter");
+        // X-Forwarded-For: the client's own value is kept only from a trusted proxy.
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if let Some(peer) = peer {
+            let trusted = runtime
+                .config
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&peer));
+            let peer_text = peer.to_string();
+            let value = match upstream_request.headers.get(&X_FORWARDED_FOR) {
+                Some(prev) if trusted => {
+                    let mut v = Vec::with_capacity(prev.len() + 2 + peer_text.len());
+                    v.extend_from_slice(prev.as_bytes());
+                    v.extend_from_slice(b", ");
+                    v.extend_from_slice(peer_text.as_bytes());
+                    HeaderValue::from_bytes(&v)
+                        .unwrap_or_else(|_| HeaderValue::from_str(&peer_text).expect("ip"))
+                }
+                _ => HeaderValue::from_str(&peer_text)
+                    .expect("an IP address is a valid header value"),
+            };
+            upstream_request.insert_header(X_FORWARDED_FOR.clone(), value)?;
+        }
+        upstream_request.insert_header(
+            X_FORWARDED_PROTO.clone(),
+            if self.tls { "https" } else { "http" },
+        )?;
+        match request_host(upstream_request).map(str::to_owned) {
+            Some(host) => upstream_request.insert_header(X_FORWARDED_HOST.clone(), host)?,
+            None => {
+                upstream_request.remove_header(&X_FORWARDED_HOST);
+            }
+        }
+        if let Some(id) = &ctx.request_id {
+            upstream_request.insert_header(X_REQUEST_ID.clone(), id.clone())?;
+        }
+        if let Some(route) = ctx.route.and_then(|r| runtime.routes.routes().get(r)) {
+            if route.strip_prefix {
+                let path = upstream_request.uri.path();
+                let stripped = route.stripped(path);
+                if stripped.len() != path.len() {
+                    let mut target = String::with_capacity(stripped.len() + 64);
+                    target.push_str(stripped);
+                    if let Some(q) = upstream_request.uri.query() {
+                        target.push('?');
+                        target.push_str(q);
+                    }
+                    let uri = target.parse::<http::Uri>().map_err(|e| {
+                        Error::because(ErrorType::InvalidHTTPHeader, "stripped path", e)
+                    })?;
+                    upstream_request.set_uri(uri);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        strip_response_hop_by_hop(upstream_response);
+        if let Some(id) = &ctx.request_id {
+            upstream_response.insert_header(X_REQUEST_ID.clone(), id.clone())?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(upstream) = &ctx.upstream {
+            // A failed connect never reached the backend: always safe to try another one.
+            if ctx.attempts <= upstream.retries {
+                e.set_retry(true);
+            }
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let status = status_of(e);
+        if status > 0 && session.response_written().is_none() {
+            let body = ctx
+                .error_body
+                .take()
+                .unwrap_or_else(|| reason_text(status).to_owned());
+            if let Err(err) = respond(session, status, &body, ctx.request_id.as_ref()).await {
+                log::debug!("could not send the error answer: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .or_else(|| e.map(status_of))
+            .unwrap_or(0);
+        let backend = ctx
+            .upstream
+            .as_ref()
+            .zip(ctx.backend)
+            .map(|(u, i)| &u.backends[i]);
+        if let (Some(b), Some(t)) = (backend, ctx.dispatched) {
+            let elapsed = t.elapsed();
+            b.plugin.load.finish(elapsed);
+            let ok = e.is_none() && status < 500;
+            if let (Some(u), Some(i)) = (&ctx.upstream, ctx.backend) {
+                u.balancer
+                    .release(i, &switchyard_plugin::Outcome { elapsed, ok });
+            }
+        }
+        if !self.shared.access_log.enabled() {
+            return;
+        }
+        let req = session.req_header();
+        let time = time::OffsetDateTime::now_utc() - ctx.start.elapsed();
+        let time = time
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let client = ctx.client_ip.map(|ip| ip.to_string());
+        let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        let reached = backend
+            .filter(|_| ctx.dispatched.is_some())
+            .map(|b| b.addr.as_str());
+        self.shared.access_log.write(&Entry {
+            time: &time,
+            client: client.as_deref(),
+            method: req.method.as_str(),
+            host: request_host(req),
+            path,
+            status,
+            route: ctx.route_name(),
+            upstream: ctx.upstream.as_ref().map(|u| u.name.as_str()),
+            backend: reached,
+            bytes: session.body_bytes_sent(),
+            duration_ms: (ctx.start.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0,
+            request_id: ctx
+                .request_id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or(""),
+        });
+    }
+}
+
+/// Host of a request: the URI authority (HTTP/2, absolute form) or the Host header.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.uri
+        .host()
+        .map(|_| req.uri.authority().map_or("", |a| a.as_str()))
+        .or_else(|| req.headers.get(header::HOST).and_then(|h| h.to_str().ok()))
+        .filter(|h| !h.is_empty())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_shape() {
+        assert!(valid_request_id(b"abc-DEF_1.2"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(b"has space"));
+        assert!(!valid_request_id(&[b'a'; 129]));
+        let id = new_request_id();
+        assert_eq!(id.len(), 32);
+        assert!(valid_request_id(id.as_bytes()));
+        assert_ne!(new_request_id(), id);
+    }
+
+    #[test]
+    fn client_address_trusts_only_trusted_peers() {
+        let trusted = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.1.1.1".parse().unwrap();
+        let outsider: IpAddr = "203.0.113.9".parse().unwrap();
+        // Untrusted peer: X-Forwarded-For ignored.
+        assert_eq!(
+            client_address(Some(outsider), Some(b"1.2.3.4"), &trusted),
+            Some(outsider)
+        );
+        // Trusted peer: rightmost entry not in the trusted set.
+        assert_eq!(
+            client_address(Some(peer), Some(b"1.2.3.4, 5.6.7.8, 10.2.2.2"), &trusted),
+            Some("5.6.7.8".parse().unwrap())
+        );
+        assert_eq!(client_address(Some(peer), None, &trusted), Some(peer));
+    }
+
+    #[test]
+    fn error_statuses() {
+        assert_eq!(status_of(&Error::new_up(ErrorType::ConnectRefused)), 502);
+        assert_eq!(status_of(&Error::new_up(ErrorType::ReadTimedout)), 504);
+        assert_eq!(status_of(&Error::new(ErrorType::HTTPStatus(503))), 503);
+        assert_eq!(
+            status_of(&Error::new_down(ErrorType::InvalidHTTPHeader)),
+            400
+        );
+        assert_eq!(status_of(&Error::new_down(ErrorType::ConnectionClosed)), 0);
+    }
+
+    #[test]
+    fn response_hop_by_hop_headers_are_removed() {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        r.insert_header("connection", "keep-alive, x-private")
+            .unwrap();
+        r.insert_header("x-private", "1").unwrap();
+        r.insert_header("keep-alive", "timeout=5").unwrap();
+        r.insert_header("x-kept", "1").unwrap();
+        strip_response_hop_by_hop(&mut r);
+        assert!(r.headers.get("x-private").is_none());
+        assert!(r.headers.get("keep-alive").is_none());
+        assert!(r.headers.get("connection").is_none());
+        assert!(r.headers.get("x-kept").is_some());
+    }
+}

@@ -1,0 +1,95 @@
+//! State shared by every listener, the admin listener and the signal handler.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use switchyard_plugin::Registry;
+
+use crate::access_log::{AccessLog, Destination};
+use crate::config::Config;
+use crate::router::RouteTable;
+use crate::upstream::{build_all, BackendRegistry, UpstreamRuntime};
+
+/// One compiled configuration: swapped as a whole on reload.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The validated configuration.
+    pub config: Config,
+    /// The route table.
+    pub routes: RouteTable,
+    /// The upstreams, in configuration order (routes refer to them by index).
+    pub upstreams: Vec<Arc<UpstreamRuntime>>,
+}
+
+/// Everything the gateway's services share.
+#[derive(Debug)]
+pub struct Shared {
+    /// The configuration in force.
+    pub runtime: ArcSwap<Runtime>,
+    /// Known algorithms.
+    pub registry: Registry,
+    /// Backend load and state kept across reloads.
+    pub live: BackendRegistry,
+    /// False once shutdown begins (`/health/ready` answers 503).
+    pub ready: AtomicBool,
+    /// Requests being processed.
+    pub in_flight: AtomicUsize,
+    /// The access log.
+    pub access_log: AccessLog,
+}
+
+impl Shared {
+    /// Compile `config` and build the shared state around it.
+    pub fn new(config: Config, registry: Registry) -> Result<Arc<Self>, String> {
+        let live = BackendRegistry::default();
+        let runtime = compile(config, &registry, &live)?;
+        let access_log = AccessLog::new(Destination::parse(&runtime.config.server.access_log));
+        Ok(Arc::new(Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            registry,
+            live,
+            ready: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
+            access_log,
+        }))
+    }
+
+    /// Whether the gateway takes traffic.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+}
+
+/// Compile a validated configuration into a [`Runtime`].
+pub fn compile(
+    config: Config,
+    registry: &Registry,
+    live: &BackendRegistry,
+) -> Result<Runtime, String> {
+    let upstreams = build_all(&config, registry, live)?;
+    let routes = RouteTable::build(&config);
+    Ok(Runtime {
+        config,
+        routes,
+        upstreams,
+    })
+}
+
+/// Counts a request as in flight for as long as it lives.
+#[derive(Debug)]
+pub struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    /// Count one more request in flight.
+    pub fn new(shared: &Arc<Shared>) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(shared.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
