@@ -23,8 +23,9 @@ pub enum PathMatch {
     Exact(String),
     /// This prefix, on a segment boundary.
     Prefix(String),
-    /// This regular expression.
-    Regex(Regex),
+    /// This regular expression, with the literal text every match must start with (a cheap
+    /// filter checked before the regex runs).
+    Regex(Regex, String),
 }
 
 /// One compiled route.
@@ -67,10 +68,14 @@ pub struct RequestFacts<'a> {
     pub headers: &'a HeaderMap,
 }
 
+type Map<V> = HashMap<Box<str>, V, rustc_hash::FxBuildHasher>;
+
 #[derive(Debug, Default, Clone)]
 struct PathIndex {
-    exact: HashMap<Box<str>, Vec<u32>>,
-    prefix: HashMap<Box<str>, Vec<u32>>,
+    exact: Map<Vec<u32>>,
+    prefix: Map<Vec<u32>>,
+    /// Regex routes by the literal text their matches start with, cut after its last `/`.
+    regex: Map<Vec<u32>>,
     scan: Vec<u32>,
 }
 
@@ -79,7 +84,11 @@ impl PathIndex {
         match path {
             PathMatch::Exact(p) => self.exact.entry(p.as_str().into()).or_default().push(idx),
             PathMatch::Prefix(p) => self.prefix.entry(p.as_str().into()).or_default().push(idx),
-            PathMatch::Any | PathMatch::Regex(_) => self.scan.push(idx),
+            PathMatch::Regex(_, literal) => match literal.rfind('/') {
+                Some(end) => self.regex.entry(literal[..=end].into()).or_default().push(idx),
+                None => self.scan.push(idx),
+            },
+            PathMatch::Any => self.scan.push(idx),
         }
     }
 
@@ -91,7 +100,7 @@ impl PathIndex {
                 if i >= *best {
                     break;
                 }
-                if routes[i as usize].matches_rest(req) {
+                if routes[i as usize].matches(req) {
                     *best = i;
                     break;
                 }
@@ -100,42 +109,37 @@ impl PathIndex {
         if let Some(list) = self.exact.get(path) {
             consider(list, &mut best);
         }
-        if !self.prefix.is_empty() {
-            // Every prefix that ends on a segment boundary of `path`: the whole path, and
-            // for each '/' at position i, path[..i] and path[..=i].
+        let (has_prefix, has_regex) = (!self.prefix.is_empty(), !self.regex.is_empty());
+        if has_prefix {
             if let Some(list) = self.prefix.get(path) {
                 consider(list, &mut best);
             }
+        }
+        if has_prefix || has_regex {
+            // Every prefix that ends on a segment boundary of `path`: the whole path, and
+            // for each '/' at position i, path[..i] and path[..=i].
             for (i, b) in path.bytes().enumerate() {
                 if b != b'/' {
                     continue;
                 }
-                if i > 0 {
+                if has_prefix && i > 0 {
                     if let Some(list) = self.prefix.get(&path[..i]) {
                         consider(list, &mut best);
                     }
                 }
-                if i + 1 < path.len() {
+                if has_prefix && i + 1 < path.len() {
                     if let Some(list) = self.prefix.get(&path[..=i]) {
+                        consider(list, &mut best);
+                    }
+                }
+                if has_regex {
+                    if let Some(list) = self.regex.get(&path[..=i]) {
                         consider(list, &mut best);
                     }
                 }
             }
         }
-        for &i in &self.scan {
-            if i >= best {
-                break;
-            }
-            let route = &routes[i as usize];
-            let path_ok = match &route.path {
-                PathMatch::Regex(re) => re.is_match(path),
-                _ => true,
-            };
-            if path_ok && route.matches_rest(req) {
-                best = i;
-                break;
-            }
-        }
+        consider(&self.scan, &mut best);
         best
     }
 }
@@ -144,12 +148,23 @@ impl PathIndex {
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
     routes: Vec<Route>,
-    exact_host: HashMap<Box<str>, PathIndex>,
-    wildcard_host: HashMap<Box<str>, PathIndex>,
+    exact_host: Map<PathIndex>,
+    wildcard_host: Map<PathIndex>,
     any_host: PathIndex,
 }
 
 impl Route {
+    /// Whether the request matches this route, its path included (callers reach a route
+    /// through an index that already guarantees exact and prefix paths).
+    fn matches(&self, req: &RequestFacts<'_>) -> bool {
+        if let PathMatch::Regex(re, literal) = &self.path {
+            if !req.path.starts_with(literal.as_str()) || !re.is_match(req.path) {
+                return false;
+            }
+        }
+        self.matches_rest(req)
+    }
+
     fn matches_rest(&self, req: &RequestFacts<'_>) -> bool {
         if req.listener < 64 && self.listeners & (1u64 << req.listener) == 0 {
             return false;
@@ -196,6 +211,34 @@ impl Route {
             rest
         }
     }
+}
+
+/// The literal text at the start of every match of an anchored pattern (`^/v1/(a|b)` ->
+/// `/v1/`); empty when the pattern is not anchored or starts with a metacharacter.
+pub fn literal_prefix(pattern: &str) -> String {
+    let Some(rest) = pattern.strip_prefix('^') else {
+        return String::new();
+    };
+    let mut out = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '~' | '%' | ',' | ';' | '=' | ':' | '@' | '&') {
+            // A quantifier makes the previous character optional or repeated.
+            if matches!(chars.peek(), Some('?' | '*' | '{')) {
+                break;
+            }
+            out.push(c);
+        } else if c == '\\' && chars.peek().is_some_and(|n| matches!(n, '.' | '/' | '-')) {
+            let n = chars.next().expect("peeked");
+            if matches!(chars.peek(), Some('?' | '*' | '{')) {
+                break;
+            }
+            out.push(n);
+        } else {
+            break;
+        }
+    }
+    out
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
@@ -267,7 +310,7 @@ impl RouteTable {
                     PathMatch::Prefix(p.get_ref().clone())
                 }
             } else if let Some(p) = &r.path_regex {
-                PathMatch::Regex(Regex::new(p.get_ref()).expect("validated"))
+                PathMatch::Regex(Regex::new(p.get_ref()).expect("validated"), literal_prefix(p.get_ref()))
             } else {
                 PathMatch::Any
             };
@@ -524,6 +567,15 @@ upstream = "u"
             Some("only-b")
         );
         assert_eq!(find(&t, 0, None, "GET", "/x", &[]), None);
+    }
+
+    #[test]
+    fn literal_prefixes_of_patterns() {
+        assert_eq!(literal_prefix("^/v[0-9]+/items"), "/v");
+        assert_eq!(literal_prefix("^/api/v1/(a|b)"), "/api/v1/");
+        assert_eq!(literal_prefix("^/a\\.b/c?"), "/a.b/");
+        assert_eq!(literal_prefix("/x"), "");
+        assert_eq!(literal_prefix("^/ab*"), "/a");
     }
 
     #[test]

@@ -83,8 +83,17 @@ impl<'a> ErrorSink<'a> {
 
     /// Record a problem reported by the TOML parser or serde.
     pub fn toml(&mut self, err: &toml::de::Error) {
-        let message = err.message().trim().replace('\n', " ");
+        let mut message = err.message().trim().replace('\n', " ");
+        if message == "invalid socket address syntax" {
+            message.push_str(": expected an address with a port, like \"127.0.0.1:8080\" or \"[::1]:8080\"");
+        }
         self.at(err.span(), message);
+    }
+
+    /// The errors in file order (those without a place last).
+    pub fn into_sorted(mut self) -> Vec<ConfigError> {
+        self.errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
+        self.errors
     }
 
     /// Whether any problem was recorded.

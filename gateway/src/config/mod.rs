@@ -89,6 +89,7 @@ impl Config {
         let mut admin = None;
         let mut session_store = None;
         let mut listeners = Vec::new();
+        let mut listener_tables = 0;
         let mut routes = Vec::new();
         let mut upstreams = Vec::new();
         for (key, value) in doc.get_ref().iter() {
@@ -96,7 +97,10 @@ impl Config {
                 "server" => server = section::<ServerSection>(&mut sink, value),
                 "admin" => admin = section::<AdminSection>(&mut sink, value),
                 "session_store" => session_store = section::<SessionStoreSection>(&mut sink, value),
-                "listener" => listeners = array::<ListenerSection>(&mut sink, "listener", value),
+                "listener" => {
+                    listener_tables = value.get_ref().as_array().map_or(1, |a| a.len());
+                    listeners = array::<ListenerSection>(&mut sink, "listener", value);
+                }
                 "route" => routes = array::<RouteSection>(&mut sink, "route", value),
                 "upstream" => upstreams = array::<UpstreamSection>(&mut sink, "upstream", value),
                 other => sink.at(
@@ -118,15 +122,15 @@ impl Config {
             trusted_proxies: Vec::new(),
             resolved: Vec::new(),
         };
-        config.validate(&mut sink, registry);
+        config.validate(&mut sink, registry, listener_tables);
         if sink.is_empty() {
             Ok(config)
         } else {
-            Err(ConfigErrors(sink.errors))
+            Err(ConfigErrors(sink.into_sorted()))
         }
     }
 
-    fn validate(&mut self, sink: &mut ErrorSink<'_>, registry: &Registry) {
+    fn validate(&mut self, sink: &mut ErrorSink<'_>, registry: &Registry, listener_tables: usize) {
         let s = &self.server;
         if s.threads == 0 {
             sink.at(None, "server.threads: expected at least 1");
@@ -177,7 +181,7 @@ impl Config {
         }
 
         // Listeners.
-        if self.listeners.is_empty() {
+        if listener_tables == 0 {
             sink.at(None, "no [[listener]]: expected at least one listener");
         }
         let mut names = HashSet::new();
@@ -329,7 +333,7 @@ impl Config {
                 );
             }
             for l in r.listeners.iter().flatten() {
-                if !names.contains(l.get_ref()) {
+                if !names.contains(l.get_ref()) && self.listeners.len() == listener_tables {
                     sink.at(
                         Some(l.span()),
                         format!(
@@ -421,7 +425,25 @@ fn section<T: DeserializeOwned>(
     match T::deserialize(ValueDeserializer::from(value.clone())) {
         Ok(v) => Some(v),
         Err(e) => {
-            sink.toml(&e);
+            // serde stops at the first problem in a table: try each key on its own to report
+            // every bad key, ignoring the "missing field" a lone key necessarily causes.
+            let mut found = false;
+            if let Some(table) = value.get_ref().as_table() {
+                for (k, v) in table.iter() {
+                    let mut single = DeTable::new();
+                    single.insert(k.clone(), v.clone());
+                    let single = Spanned::new(value.span(), DeValue::Table(single));
+                    if let Err(err) = T::deserialize(ValueDeserializer::from(single)) {
+                        if !err.message().starts_with("missing field") {
+                            sink.toml(&err);
+                            found = true;
+                        }
+                    }
+                }
+            }
+            if !found {
+                sink.toml(&e);
+            }
             None
         }
     }
@@ -579,6 +601,15 @@ backends = [ { addr = "127.0.0.1:9001", weight = 3 }, { addr = "127.0.0.1:9002" 
             e.iter().any(|m| m.contains("weight must be at least 1")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn every_bad_key_in_one_table_is_reported() {
+        let text = GOOD.replace("threads = 2", "threads = \"two\"\nbogus = 1");
+        let e = errors(&text);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(e[0].starts_with("t.toml:3:11: "), "{e:?}");
+        assert!(e[1].starts_with("t.toml:4:1: ") && e[1].contains("bogus"), "{e:?}");
     }
 
     #[test]
