@@ -131,7 +131,7 @@ impl ServeHttp for Admin {
                 }
             }
             (&Method::GET, "/metrics") => {
-                let body = crate::metrics::render(&self.shared);
+                let body = self.shared.metrics.render(&self.shared.runtime.load());
                 Response::builder()
                     .status(StatusCode::OK)
                     .header("content-type", "text/plain; version=0.0.4")

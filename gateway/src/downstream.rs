@@ -12,7 +12,6 @@
 //! The head bytes are then given to pingora's parser as a "pipelined prefix", so nothing
 //! is read twice. HTTP/2 (ALPN h2) connections go straight to pingora.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,7 +42,7 @@ pub struct ClientLimits {
 pub struct Frontend {
     proxy: Arc<HttpProxy<Gateway>>,
     limits: ClientLimits,
-    connections: Arc<AtomicI64>,
+    connections: prometheus::IntGauge,
 }
 
 impl Frontend {
@@ -51,7 +50,7 @@ impl Frontend {
     pub fn new(
         proxy: HttpProxy<Gateway>,
         limits: ClientLimits,
-        connections: Arc<AtomicI64>,
+        connections: prometheus::IntGauge,
     ) -> Self {
         Self {
             proxy: Arc::new(proxy),
@@ -61,11 +60,11 @@ impl Frontend {
     }
 }
 
-struct ConnectionCount(Arc<AtomicI64>);
+struct ConnectionCount(prometheus::IntGauge);
 
 impl Drop for ConnectionCount {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.dec();
     }
 }
 
@@ -91,7 +90,7 @@ impl ServerApp for Frontend {
         mut stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        self.connections.fetch_add(1, Ordering::Relaxed);
+        self.connections.inc();
         let _count = ConnectionCount(self.connections.clone());
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             return ServerApp::process_new(&self.proxy, stream, shutdown).await;

@@ -1,48 +1,346 @@
-//! Prometheus metrics. The full metric set grows with the metrics issue; this renders what
-//! the gateway tracks today from its shared state.
+//! Prometheus metrics (the contract's names and labels), through the `prometheus` crate.
+//!
+//! Labels stay bounded: route, upstream and backend come from the configuration, status is
+//! the number, `kind`/`result`/`op` are fixed words. Nothing a client sends becomes a label.
+//! Counters are updated with the crate's own atomics; gauges of backend state are read from
+//! the shared state when `/metrics` is scraped, so the request path does not touch them.
 
-use std::fmt::Write;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use crate::state::Shared;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
-/// Render the metrics in the Prometheus text format.
-pub fn render(shared: &Shared) -> Vec<u8> {
-    let rt = shared.runtime.load();
-    let mut out = String::new();
-    out.push_str(
-        "# HELP switchyard_backend_healthy Whether a backend passes its health checks (0/1).\n",
-    );
-    out.push_str("# TYPE switchyard_backend_healthy gauge\n");
-    for u in &rt.upstreams {
-        for b in &u.backends {
-            let _ = writeln!(
-                out,
-                "switchyard_backend_healthy{{upstream=\"{}\",backend=\"{}\"}} {}",
-                escape(&u.name),
-                escape(&b.addr),
-                u8::from(b.state.healthy.load(Ordering::Relaxed))
-            );
-        }
-    }
-    out.push_str("# HELP switchyard_backend_active_requests Requests in flight to a backend.\n");
-    out.push_str("# TYPE switchyard_backend_active_requests gauge\n");
-    for u in &rt.upstreams {
-        for b in &u.backends {
-            let _ = writeln!(
-                out,
-                "switchyard_backend_active_requests{{upstream=\"{}\",backend=\"{}\"}} {}",
-                escape(&u.name),
-                escape(&b.addr),
-                b.plugin.load.in_flight()
-            );
-        }
-    }
-    out.into_bytes()
+use crate::state::Runtime;
+
+/// What went wrong talking to a backend (`switchyard_upstream_errors_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// Refused, unreachable, or another connect failure.
+    Connect,
+    /// Connect or read timeout.
+    Timeout,
+    /// TLS handshake or certificate verification failed.
+    Tls,
+    /// The backend broke the HTTP protocol.
+    Protocol,
+    /// The connection was reset or closed mid-exchange.
+    Reset,
 }
 
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+impl UpstreamErrorKind {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Tls => "tls",
+            Self::Protocol => "protocol",
+            Self::Reset => "reset",
+        }
+    }
+
+    /// Classify a pingora error that came from the upstream side.
+    pub fn of(e: &pingora_error::Error) -> Option<Self> {
+        use pingora_error::ErrorType::*;
+        if *e.esource() != pingora_error::ErrorSource::Upstream {
+            return None;
+        }
+        Some(match e.etype() {
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => Self::Timeout,
+            ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError
+            | ConnectProxyFailure => Self::Connect,
+            TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => Self::Tls,
+            InvalidHTTPHeader | H1Error | H2Error | InvalidH2 | H2Downgrade => Self::Protocol,
+            ReadError | WriteError | ConnectionClosed => Self::Reset,
+            _ => return None,
+        })
+    }
+}
+
+/// Every metric the gateway exports.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    retries: IntCounterVec,
+    upstream_connections: IntCounterVec,
+    backend_healthy: IntGaugeVec,
+    backend_active: IntGaugeVec,
+    ejections: IntCounterVec,
+    affinity: IntCounterVec,
+    session_store_errors: IntCounterVec,
+    config_reloads: IntCounterVec,
+    downstream_connections: IntGaugeVec,
+}
+
+/// Histogram buckets of request duration, in seconds.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics in its own registry.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from the request's start to the end of its response.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route", "upstream"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(duration.clone()))
+            .expect("registered once");
+        let m = Self {
+            requests: counter(
+                &r,
+                "switchyard_requests_total",
+                "Requests answered.",
+                &["route", "upstream", "backend", "status"],
+            ),
+            duration,
+            upstream_errors: counter(
+                &r,
+                "switchyard_upstream_errors_total",
+                "Failures talking to a backend.",
+                &["upstream", "backend", "kind"],
+            ),
+            retries: counter(
+                &r,
+                "switchyard_retries_total",
+                "Requests retried on another backend.",
+                &["upstream"],
+            ),
+            upstream_connections: counter(
+                &r,
+                "switchyard_upstream_connections_total",
+                "New connections opened to a backend.",
+                &["upstream", "backend"],
+            ),
+            backend_healthy: gauge(
+                &r,
+                "switchyard_backend_healthy",
+                "Whether a backend passes its health checks (0/1).",
+                &["upstream", "backend"],
+            ),
+            backend_active: gauge(
+                &r,
+                "switchyard_backend_active_requests",
+                "Requests in flight to a backend.",
+                &["upstream", "backend"],
+            ),
+            ejections: counter(
+                &r,
+                "switchyard_ejections_total",
+                "Passive-health ejections of a backend.",
+                &["upstream", "backend"],
+            ),
+            affinity: counter(
+                &r,
+                "switchyard_affinity_total",
+                "Sticky-session decisions.",
+                &["upstream", "result"],
+            ),
+            session_store_errors: counter(
+                &r,
+                "switchyard_session_store_errors_total",
+                "Failed session store operations.",
+                &["op"],
+            ),
+            config_reloads: counter(
+                &r,
+                "switchyard_config_reloads_total",
+                "Configuration reloads.",
+                &["result"],
+            ),
+            downstream_connections: gauge(
+                &r,
+                "switchyard_downstream_connections",
+                "Open client connections.",
+                &["listener"],
+            ),
+            registry: r,
+        };
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
+        m
+    }
+
+    /// Count one answered request.
+    pub fn request(
+        &self,
+        route: &str,
+        upstream: &str,
+        backend: &str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let mut buf = itoa::Buffer::new();
+        self.requests
+            .with_label_values(&[route, upstream, backend, buf.format(status)])
+            .inc();
+        self.duration
+            .with_label_values(&[route, upstream])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Count a failure talking to a backend.
+    pub fn upstream_error(&self, upstream: &str, backend: &str, kind: UpstreamErrorKind) {
+        self.upstream_errors
+            .with_label_values(&[upstream, backend, kind.as_str()])
+            .inc();
+    }
+
+    /// Count a retry.
+    pub fn retry(&self, upstream: &str) {
+        self.retries.with_label_values(&[upstream]).inc();
+    }
+
+    /// Count a new upstream connection.
+    pub fn upstream_connection(&self, upstream: &str, backend: &str) {
+        self.upstream_connections
+            .with_label_values(&[upstream, backend])
+            .inc();
+    }
+
+    /// Count an ejection.
+    pub fn ejection(&self, upstream: &str, backend: &str) {
+        self.ejections.with_label_values(&[upstream, backend]).inc();
+    }
+
+    /// Count a sticky-session decision (`hit`, `new`, `repinned`, `invalid`).
+    pub fn affinity(&self, upstream: &str, result: &str) {
+        self.affinity.with_label_values(&[upstream, result]).inc();
+    }
+
+    /// Count a failed session store operation.
+    pub fn session_store_error(&self, op: &str) {
+        self.session_store_errors.with_label_values(&[op]).inc();
+    }
+
+    /// Count a configuration reload.
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// The open-connections gauge of a listener.
+    pub fn downstream_connections(&self, listener: &str) -> IntGauge {
+        self.downstream_connections.with_label_values(&[listener])
+    }
+
+    /// Render every metric in the Prometheus text format, reading backend gauges from
+    /// `runtime` first.
+    pub fn render(&self, runtime: &Runtime) -> Vec<u8> {
+        self.backend_healthy.reset();
+        self.backend_active.reset();
+        for u in &runtime.upstreams {
+            // Series that exist from the start (at 0), so dashboards and alerts see them.
+            self.retries.with_label_values(&[u.name.as_str()]);
+            for b in &u.backends {
+                let labels = [u.name.as_str(), b.addr.as_str()];
+                self.upstream_connections.with_label_values(&labels);
+                self.ejections.with_label_values(&labels);
+                self.backend_healthy
+                    .with_label_values(&labels)
+                    .set(i64::from(b.state.healthy.load(Ordering::Relaxed)));
+                self.backend_active
+                    .with_label_values(&labels)
+                    .set(i64::from(b.plugin.load.in_flight()));
+            }
+        }
+        let mut out = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            log::error!("metrics encoding failed: {e}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_show_in_the_text_format() {
+        let m = Metrics::new();
+        m.request(
+            "users",
+            "users",
+            "127.0.0.1:9001",
+            200,
+            Duration::from_millis(3),
+        );
+        m.request(
+            "users",
+            "users",
+            "127.0.0.1:9001",
+            200,
+            Duration::from_millis(3),
+        );
+        m.request("none", "none", "none", 404, Duration::from_millis(1));
+        m.config_reload(false);
+        m.upstream_error("users", "127.0.0.1:9001", UpstreamErrorKind::Connect);
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&m.registry.gather(), &mut out)
+            .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(
+            "switchyard_requests_total{backend=\"127.0.0.1:9001\",route=\"users\",status=\"200\",upstream=\"users\"} 2"
+        ), "{text}");
+        assert!(text.contains(
+            "switchyard_request_duration_seconds_count{route=\"users\",upstream=\"users\"} 2"
+        ));
+        assert!(text.contains("switchyard_config_reloads_total{result=\"error\"} 1"));
+        assert!(text.contains("kind=\"connect\""));
+    }
+
+    #[test]
+    fn error_kinds() {
+        use pingora_error::{Error, ErrorType};
+        assert_eq!(
+            UpstreamErrorKind::of(&Error::new_up(ErrorType::ConnectRefused)),
+            Some(UpstreamErrorKind::Connect)
+        );
+        assert_eq!(
+            UpstreamErrorKind::of(&Error::new_up(ErrorType::ReadTimedout)),
+            Some(UpstreamErrorKind::Timeout)
+        );
+        assert_eq!(
+            UpstreamErrorKind::of(&Error::new_up(ErrorType::ConnectionClosed)),
+            Some(UpstreamErrorKind::Reset)
+        );
+        assert_eq!(
+            UpstreamErrorKind::of(&Error::new_down(ErrorType::ConnectionClosed)),
+            None
+        );
+    }
 }

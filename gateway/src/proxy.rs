@@ -23,6 +23,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::access_log::Entry;
+use crate::metrics::UpstreamErrorKind;
 use crate::state::{InFlight, Runtime, Shared};
 use crate::upstream::UpstreamRuntime;
 
@@ -58,6 +59,8 @@ pub struct RequestCtx {
     upstream: Option<Arc<UpstreamRuntime>>,
     backend: Option<usize>,
     dispatched: Option<Instant>,
+    /// The backend whose load counts this request now.
+    dispatched_to: Option<usize>,
     attempts: u32,
     client_ip: Option<IpAddr>,
     request_id: Option<HeaderValue>,
@@ -220,6 +223,7 @@ impl ProxyHttp for Gateway {
             upstream: None,
             backend: None,
             dispatched: None,
+            dispatched_to: None,
             attempts: 0,
             client_ip: None,
             request_id: None,
@@ -308,10 +312,13 @@ impl ProxyHttp for Gateway {
         ctx.attempts += 1;
         ctx.backend = Some(idx);
         let backend = &upstream.backends[idx];
-        if ctx.dispatched.is_none() {
-            backend.plugin.load.start();
-            ctx.dispatched = Some(Instant::now());
+        // A retry moves the request to another backend: the failed attempt is over.
+        if let (Some(prev), Some(t)) = (ctx.dispatched_to.take(), ctx.dispatched.take()) {
+            upstream.backends[prev].plugin.load.finish(t.elapsed());
         }
+        backend.plugin.load.start();
+        ctx.dispatched = Some(Instant::now());
+        ctx.dispatched_to = Some(idx);
         Ok(Box::new(backend.peer.clone()))
     }
 
@@ -395,6 +402,25 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if !reused {
+            if let (Some(u), Some(i)) = (&ctx.upstream, ctx.backend) {
+                self.shared
+                    .metrics
+                    .upstream_connection(&u.name, &u.backends[i].addr);
+            }
+        }
+        Ok(())
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -403,9 +429,18 @@ impl ProxyHttp for Gateway {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(upstream) = &ctx.upstream {
+            let backend = ctx
+                .backend
+                .map_or("none", |i| upstream.backends[i].addr.as_str());
+            if let Some(kind) = UpstreamErrorKind::of(&e) {
+                self.shared
+                    .metrics
+                    .upstream_error(&upstream.name, backend, kind);
+            }
             // A failed connect never reached the backend: always safe to try another one.
             if ctx.attempts <= upstream.retries {
                 e.set_retry(true);
+                self.shared.metrics.retry(&upstream.name);
             }
         }
         e
@@ -453,6 +488,32 @@ impl ProxyHttp for Gateway {
                     .release(i, &switchyard_plugin::Outcome { elapsed, ok });
             }
         }
+        let reached = backend.filter(|_| ctx.dispatched.is_some());
+        let upstream_name = ctx.upstream.as_ref().map_or("none", |u| u.name.as_str());
+        let backend_label = reached.map_or("none", |b| b.addr.as_str());
+        if let Some(err) = e {
+            let connect = matches!(
+                err.etype(),
+                ErrorType::ConnectTimedout
+                    | ErrorType::ConnectRefused
+                    | ErrorType::ConnectNoRoute
+                    | ErrorType::ConnectError
+            );
+            if let (Some(kind), false) = (UpstreamErrorKind::of(err), connect) {
+                self.shared
+                    .metrics
+                    .upstream_error(upstream_name, backend_label, kind);
+            }
+        }
+        if status > 0 {
+            self.shared.metrics.request(
+                ctx.route_name().unwrap_or("none"),
+                upstream_name,
+                backend_label,
+                status,
+                ctx.start.elapsed(),
+            );
+        }
         if !self.shared.access_log.enabled() {
             return;
         }
@@ -463,9 +524,7 @@ impl ProxyHttp for Gateway {
             .unwrap_or_default();
         let client = ctx.client_ip.map(|ip| ip.to_string());
         let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        let reached = backend
-            .filter(|_| ctx.dispatched.is_some())
-            .map(|b| b.addr.as_str());
+        let reached = reached.map(|b| b.addr.as_str());
         self.shared.access_log.write(&Entry {
             time: &time,
             client: client.as_deref(),

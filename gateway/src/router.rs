@@ -85,7 +85,11 @@ impl PathIndex {
             PathMatch::Exact(p) => self.exact.entry(p.as_str().into()).or_default().push(idx),
             PathMatch::Prefix(p) => self.prefix.entry(p.as_str().into()).or_default().push(idx),
             PathMatch::Regex(_, literal) => match literal.rfind('/') {
-                Some(end) => self.regex.entry(literal[..=end].into()).or_default().push(idx),
+                Some(end) => self
+                    .regex
+                    .entry(literal[..=end].into())
+                    .or_default()
+                    .push(idx),
                 None => self.scan.push(idx),
             },
             PathMatch::Any => self.scan.push(idx),
@@ -222,7 +226,12 @@ pub fn literal_prefix(pattern: &str) -> String {
     let mut out = String::new();
     let mut chars = rest.chars().peekable();
     while let Some(c) = chars.next() {
-        if c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '~' | '%' | ',' | ';' | '=' | ':' | '@' | '&') {
+        if c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                '/' | '-' | '_' | '~' | '%' | ',' | ';' | '=' | ':' | '@' | '&'
+            )
+        {
             // A quantifier makes the previous character optional or repeated.
             if matches!(chars.peek(), Some('?' | '*' | '{')) {
                 break;
@@ -310,7 +319,10 @@ impl RouteTable {
                     PathMatch::Prefix(p.get_ref().clone())
                 }
             } else if let Some(p) = &r.path_regex {
-                PathMatch::Regex(Regex::new(p.get_ref()).expect("validated"), literal_prefix(p.get_ref()))
+                PathMatch::Regex(
+                    Regex::new(p.get_ref()).expect("validated"),
+                    literal_prefix(p.get_ref()),
+                )
             } else {
                 PathMatch::Any
             };

@@ -1,7 +1,7 @@
 //! Assembles the pingora server from a configuration: one proxy service per listener, the
 //! admin service, the demo backends, and the signal handling (graceful shutdown, reload).
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,7 +82,13 @@ pub fn run(config: Config, registry: Registry, options: RunOptions) -> i32 {
     for (index, listener) in listeners.iter().enumerate() {
         let gateway = Gateway::new(shared.clone(), index, listener.tls.is_some());
         let proxy = pingora_proxy::http_proxy(&server.configuration, gateway);
-        let frontend = Frontend::new(proxy, limits, Arc::new(AtomicI64::new(0)));
+        let frontend = Frontend::new(
+            proxy,
+            limits,
+            shared
+                .metrics
+                .downstream_connections(listener.name.get_ref()),
+        );
         let mut service = Service::new(format!("listener {}", listener.name.get_ref()), frontend);
         service.add_tcp(&listener.addr.get_ref().to_string());
         server.add_service(service);
@@ -120,8 +126,21 @@ pub fn reload(shared: &Shared) -> Result<String, String> {
     if path.contains("(embedded)") {
         return Err("the embedded demo configuration cannot be reloaded".to_owned());
     }
+    let result = reload_inner(shared, &current, &path);
+    shared.metrics.config_reload(result.is_ok());
+    if let Err(e) = &result {
+        log::error!("reload failed, keeping the running configuration:\n{e}");
+    }
+    result
+}
+
+fn reload_inner(
+    shared: &Shared,
+    current: &crate::state::Runtime,
+    path: &str,
+) -> Result<String, String> {
     let config =
-        Config::load(std::path::Path::new(&path), &shared.registry).map_err(|e| e.to_string())?;
+        Config::load(std::path::Path::new(path), &shared.registry).map_err(|e| e.to_string())?;
     let mut notes = Vec::new();
     let old: Vec<_> = current
         .config

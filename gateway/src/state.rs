@@ -8,6 +8,7 @@ use switchyard_plugin::Registry;
 
 use crate::access_log::{AccessLog, Destination};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::router::RouteTable;
 use crate::upstream::{build_all, BackendRegistry, UpstreamRuntime};
 
@@ -37,6 +38,8 @@ pub struct Shared {
     pub in_flight: AtomicUsize,
     /// The access log.
     pub access_log: AccessLog,
+    /// The Prometheus metrics.
+    pub metrics: Metrics,
 }
 
 impl Shared {
@@ -52,6 +55,7 @@ impl Shared {
             ready: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             access_log,
+            metrics: Metrics::new(),
         }))
     }
 

@@ -85,14 +85,17 @@ impl<'a> ErrorSink<'a> {
     pub fn toml(&mut self, err: &toml::de::Error) {
         let mut message = err.message().trim().replace('\n', " ");
         if message == "invalid socket address syntax" {
-            message.push_str(": expected an address with a port, like \"127.0.0.1:8080\" or \"[::1]:8080\"");
+            message.push_str(
+                ": expected an address with a port, like \"127.0.0.1:8080\" or \"[::1]:8080\"",
+            );
         }
         self.at(err.span(), message);
     }
 
     /// The errors in file order (those without a place last).
     pub fn into_sorted(mut self) -> Vec<ConfigError> {
-        self.errors.sort_by_key(|e| (e.line.is_none(), e.line, e.column));
+        self.errors
+            .sort_by_key(|e| (e.line.is_none(), e.line, e.column));
         self.errors
     }
 

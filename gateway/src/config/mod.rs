@@ -609,7 +609,10 @@ backends = [ { addr = "127.0.0.1:9001", weight = 3 }, { addr = "127.0.0.1:9002" 
         let e = errors(&text);
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].starts_with("t.toml:3:11: "), "{e:?}");
-        assert!(e[1].starts_with("t.toml:4:1: ") && e[1].contains("bogus"), "{e:?}");
+        assert!(
+            e[1].starts_with("t.toml:4:1: ") && e[1].contains("bogus"),
+            "{e:?}"
+        );
     }
 
     #[test]
