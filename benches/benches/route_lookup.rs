@@ -18,11 +18,19 @@ fn table(n: usize) -> RouteTable {
     for i in 0..n {
         let route = match i % 10 {
             0 => format!("path_regex = \"^/r{i}/[0-9]+$\"\n"),
-            1 => format!("host = \"*.w{}.example.com\"\npath_prefix = \"/w{i}\"\n", i % 50),
+            1 => format!(
+                "host = \"*.w{}.example.com\"\npath_prefix = \"/w{i}\"\n",
+                i % 50
+            ),
             2 => format!("path = \"/exact/{i}\"\n"),
-            _ => format!("host = \"h{}.example.com\"\npath_prefix = \"/api/v{i}/items\"\n", i % 100),
+            _ => format!(
+                "host = \"h{}.example.com\"\npath_prefix = \"/api/v{i}/items\"\n",
+                i % 100
+            ),
         };
-        text.push_str(&format!("[[route]]\nname = \"r{i}\"\n{route}upstream = \"u\"\n"));
+        text.push_str(&format!(
+            "[[route]]\nname = \"r{i}\"\n{route}upstream = \"u\"\n"
+        ));
     }
     let config = Config::parse("bench.toml", &text, &default_registry()).expect("valid");
     RouteTable::build(&config)
@@ -51,7 +59,10 @@ fn bench(c: &mut Criterion) {
             b.iter(|| t.lookup(black_box(f)))
         });
         let miss_path = "/nothing/here/at/all";
-        let miss = RequestFacts { path: miss_path, ..facts };
+        let miss = RequestFacts {
+            path: miss_path,
+            ..facts
+        };
         group.bench_with_input(BenchmarkId::new("miss", n), &miss, |b, f| {
             b.iter(|| t.lookup(black_box(f)))
         });

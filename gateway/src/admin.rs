@@ -40,6 +40,7 @@ impl Admin {
 
     fn upstreams_json(&self) -> serde_json::Value {
         let rt = self.shared.runtime.load();
+        let now = std::time::Instant::now();
         let upstreams: Vec<_> = rt
             .upstreams
             .iter()
@@ -54,7 +55,7 @@ impl Admin {
                             "effective_weight": b.plugin.effective_weight(),
                             "healthy": b.state.healthy.load(Ordering::Relaxed),
                             "draining": b.state.draining.load(Ordering::Relaxed),
-                            "ejected": false,
+                            "ejected": b.state.is_ejected_at(now),
                             "active_requests": b.plugin.load.in_flight(),
                             "ewma_ms": b.plugin.load.ewma().map(|d| d.as_secs_f64() * 1000.0),
                         })
@@ -71,13 +72,14 @@ impl Admin {
         let Some(u) = rt.upstreams.iter().find(|u| u.name == upstream) else {
             return text(StatusCode::NOT_FOUND, &format!("no upstream {upstream}"));
         };
-        let Some(b) = u.backends.iter().find(|b| b.addr == addr) else {
+        let Some(index) = u.backends.iter().position(|b| b.addr == addr) else {
             return text(
                 StatusCode::NOT_FOUND,
                 &format!("no backend {addr} in upstream {upstream}"),
             );
         };
-        b.state.draining.store(draining, Ordering::Relaxed);
+        // Re-enabling a drained backend starts its slow-start ramp.
+        u.set_draining(index, draining);
         log::info!(
             "upstream {upstream}: backend {addr} {}",
             if draining { "draining" } else { "enabled" }

@@ -25,6 +25,7 @@ use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{timeout, timeout_at, Instant};
 
+use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 
 /// Client-side limits of a listener.
@@ -43,20 +44,36 @@ pub struct Frontend {
     proxy: Arc<HttpProxy<Gateway>>,
     limits: ClientLimits,
     connections: prometheus::IntGauge,
+    metrics: Metrics,
 }
 
 impl Frontend {
-    /// Guard `proxy` with `limits`; `connections` counts open client connections.
+    /// Guard `proxy` with `limits`; `connections` counts open client connections, and
+    /// requests refused here are counted in `metrics` (route, upstream, backend `none`).
     pub fn new(
         proxy: HttpProxy<Gateway>,
         limits: ClientLimits,
         connections: prometheus::IntGauge,
+        metrics: Metrics,
     ) -> Self {
         Self {
             proxy: Arc::new(proxy),
             limits,
             connections,
+            metrics,
         }
+    }
+
+    async fn refuse(
+        &self,
+        stream: &mut Stream,
+        status: u16,
+        why: &str,
+        started: std::time::Instant,
+    ) {
+        reject(stream, status, why).await;
+        self.metrics
+            .request("none", "none", "none", status, started.elapsed());
     }
 }
 
@@ -100,25 +117,23 @@ impl ServerApp for Frontend {
         let mut first = true;
         loop {
             let mut buf = BytesMut::with_capacity(4096);
+            let started = std::time::Instant::now();
             let outcome = read_head(&mut stream, &mut buf, &limits, first, shutdown).await;
             match outcome {
                 Head::Complete => {}
                 Head::Closed => return None,
                 Head::TimedOut => {
-                    reject(
-                        &mut stream,
-                        408,
-                        "request timeout: the request head took too long",
-                    )
-                    .await;
+                    let why = "request timeout: the request head took too long";
+                    self.refuse(&mut stream, 408, why, started).await;
                     return None;
                 }
                 Head::TooLarge => {
-                    reject(&mut stream, 431, "request header fields too large").await;
+                    let why = "request header fields too large";
+                    self.refuse(&mut stream, 431, why, started).await;
                     return None;
                 }
                 Head::Bad(why) => {
-                    reject(&mut stream, 400, why).await;
+                    self.refuse(&mut stream, 400, why, started).await;
                     return None;
                 }
             }

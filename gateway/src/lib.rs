@@ -7,12 +7,15 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod affinity;
 pub mod config;
 pub mod demo;
 pub mod downstream;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod upstream;

@@ -3,9 +3,10 @@
 //!
 //! - `request_filter`: route lookup (404), client address, request id;
 //! - `upstream_peer`: the balancer picks a backend (503 when none is eligible), with backoff
-//!   between attempts;
+//!   between attempts; with `affinity`, the pinned backend first ([`crate::affinity`]);
 //! - `upstream_request_filter`: forwarding headers, prefix strip;
-//! - `response_filter`: hop-by-hop headers removed, request id echoed;
+//! - `response_filter`: hop-by-hop headers removed, request id echoed, affinity cookie set
+//!   or session pin recorded;
 //! - `fail_to_connect` / `fail_to_proxy`: retries and the gateway's own error answers;
 //! - `logging`: load accounting and the access log.
 
@@ -23,6 +24,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::access_log::Entry;
+use crate::affinity::{Affinity, Decision};
 use crate::metrics::UpstreamErrorKind;
 use crate::state::{InFlight, Runtime, Shared};
 use crate::upstream::UpstreamRuntime;
@@ -66,6 +68,12 @@ pub struct RequestCtx {
     request_id: Option<HeaderValue>,
     /// Body of the gateway's own error answer, when it makes one.
     error_body: Option<String>,
+    /// Status of the backend's response, for passive health.
+    upstream_status: Option<u16>,
+    /// The upstream's sticky sessions, when it has `affinity`.
+    affinity: Option<Arc<Affinity>>,
+    /// What affinity decided for this request.
+    sticky: Decision,
 }
 
 impl RequestCtx {
@@ -228,6 +236,9 @@ impl ProxyHttp for Gateway {
             client_ip: None,
             request_id: None,
             error_body: None,
+            upstream_status: None,
+            affinity: None,
+            sticky: Decision::default(),
         }
     }
 
@@ -265,6 +276,7 @@ impl ProxyHttp for Gateway {
             Some((route, upstream)) => {
                 ctx.route = Some(route);
                 ctx.upstream = runtime.upstreams.get(upstream).cloned();
+                ctx.affinity = runtime.affinity.get(upstream).cloned().flatten();
                 ctx.runtime = Some(runtime);
                 Ok(false)
             }
@@ -303,10 +315,29 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .and_then(|k| k.extract(&req.headers, req.uri.path(), req.uri.query()));
         let avoid = if ctx.attempts > 0 { ctx.backend } else { None };
-        let Some(idx) = upstream.pick(ctx.client_ip, key, avoid) else {
+        let picked = match ctx.affinity.as_deref() {
+            None => upstream.pick(ctx.client_ip, key, avoid),
+            Some(affinity) if ctx.attempts == 0 => {
+                affinity
+                    .choose(
+                        &self.shared,
+                        req,
+                        &upstream,
+                        ctx.client_ip,
+                        key,
+                        &mut ctx.sticky,
+                    )
+                    .await
+            }
+            Some(affinity) => {
+                affinity.on_retry(&self.shared, &mut ctx.sticky, avoid);
+                upstream.pick(ctx.client_ip, key, avoid)
+            }
+        };
+        let Some(idx) = picked else {
             ctx.error_body = Some(format!("no healthy backend for upstream {}", upstream.name));
             ctx.backend = None;
-            log::warn!("upstream {}: no eligible backend", upstream.name);
+            log::debug!("upstream {}: no eligible backend", upstream.name);
             return Error::e_explain(ErrorType::HTTPStatus(503), "no eligible backend");
         };
         ctx.attempts += 1;
@@ -396,8 +427,21 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         strip_response_hop_by_hop(upstream_response);
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
         if let Some(id) = &ctx.request_id {
             upstream_response.insert_header(X_REQUEST_ID.clone(), id.clone())?;
+        }
+        if let (Some(affinity), Some(upstream)) = (ctx.affinity.as_deref(), &ctx.upstream) {
+            affinity
+                .on_response(
+                    &self.shared,
+                    &mut ctx.sticky,
+                    upstream,
+                    ctx.backend,
+                    upstream_response,
+                    self.tls,
+                )
+                .await;
         }
         Ok(())
     }
@@ -428,6 +472,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let (Some(u), Some(i)) = (&ctx.upstream, ctx.backend) {
+            if u.record_outcome(i, crate::health::PassiveOutcome::Failure) {
+                self.shared.metrics.ejection(&u.name, &u.backends[i].addr);
+            }
+        }
         if let Some(upstream) = &ctx.upstream {
             let backend = ctx
                 .backend
@@ -486,6 +535,12 @@ impl ProxyHttp for Gateway {
             if let (Some(u), Some(i)) = (&ctx.upstream, ctx.backend) {
                 u.balancer
                     .release(i, &switchyard_plugin::Outcome { elapsed, ok });
+                if let Some(o) = crate::health::PassiveOutcome::of_request(e, ctx.upstream_status)
+                {
+                    if u.record_outcome(i, o) {
+                        self.shared.metrics.ejection(&u.name, &u.backends[i].addr);
+                    }
+                }
             }
         }
         let reached = backend.filter(|_| ctx.dispatched.is_some());

@@ -34,6 +34,8 @@ pub struct RunOptions {
 pub fn default_registry() -> Registry {
     let mut registry = Registry::new();
     switchyard_balancers::register_all(&mut registry);
+    // An outside plugin crate joins with one call (see plugins/examples/canary).
+    switchyard_example_canary::register(&mut registry);
     registry
 }
 
@@ -88,9 +90,24 @@ pub fn run(config: Config, registry: Registry, options: RunOptions) -> i32 {
             shared
                 .metrics
                 .downstream_connections(listener.name.get_ref()),
+            shared.metrics.clone(),
         );
         let mut service = Service::new(format!("listener {}", listener.name.get_ref()), frontend);
-        service.add_tcp(&listener.addr.get_ref().to_string());
+        if listener.tls.is_some() {
+            match crate::tls::listener_tls_settings(listener) {
+                Ok(settings) => service.add_tls_with_settings(
+                    &listener.addr.get_ref().to_string(),
+                    None,
+                    settings,
+                ),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return 1;
+                }
+            }
+        } else {
+            service.add_tcp(&listener.addr.get_ref().to_string());
+        }
         server.add_service(service);
     }
 
@@ -99,6 +116,7 @@ pub fn run(config: Config, registry: Registry, options: RunOptions) -> i32 {
     admin_service.add_tcp(&admin_section.addr.to_string());
     admin_service.threads = Some(1);
     server.add_service(admin_service);
+    server.add_service(crate::health::HealthService::service(shared.clone()));
 
     if options.demo {
         for service in crate::demo::backend_services() {

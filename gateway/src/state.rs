@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use switchyard_plugin::Registry;
+use switchyard_session::{SessionStore, SessionStoreConfig};
 
 use crate::access_log::{AccessLog, Destination};
+use crate::affinity::{store_config, Affinity, SessionStoreHandle};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::router::RouteTable;
@@ -21,6 +23,11 @@ pub struct Runtime {
     pub routes: RouteTable,
     /// The upstreams, in configuration order (routes refer to them by index).
     pub upstreams: Vec<Arc<UpstreamRuntime>>,
+    /// Each upstream's sticky sessions (same order as `upstreams`; `None` without
+    /// `affinity`).
+    pub affinity: Vec<Option<Arc<Affinity>>>,
+    /// `[session_store]`, as the session store crate takes it.
+    pub session_store: SessionStoreConfig,
 }
 
 /// Everything the gateway's services share.
@@ -40,6 +47,8 @@ pub struct Shared {
     pub access_log: AccessLog,
     /// The Prometheus metrics.
     pub metrics: Metrics,
+    /// The session store, built on first use (see [`Shared::session_store`]).
+    pub stores: SessionStoreHandle,
 }
 
 impl Shared {
@@ -48,6 +57,7 @@ impl Shared {
         let live = BackendRegistry::default();
         let runtime = compile(config, &registry, &live)?;
         let access_log = AccessLog::new(Destination::parse(&runtime.config.server.access_log));
+        let stores = SessionStoreHandle::new(runtime.session_store.clone());
         Ok(Arc::new(Self {
             runtime: ArcSwap::from_pointee(runtime),
             registry,
@@ -56,7 +66,17 @@ impl Shared {
             in_flight: AtomicUsize::new(0),
             access_log,
             metrics: Metrics::new(),
+            stores,
         }))
+    }
+
+    /// The session store of the configuration in force, built on first use inside the
+    /// running server (never before pingora forks into the background: the Redis store
+    /// runs a thread of its own). `None` while it is not ready within the store's
+    /// timeout: callers degrade.
+    pub async fn session_store(&self) -> Option<Arc<dyn SessionStore>> {
+        let runtime = self.runtime.load_full();
+        self.stores.get(&runtime.session_store).await
     }
 
     /// Whether the gateway takes traffic.
@@ -73,10 +93,25 @@ pub fn compile(
 ) -> Result<Runtime, String> {
     let upstreams = build_all(&config, registry, live)?;
     let routes = RouteTable::build(&config);
+    let session_store = store_config(&config.session_store);
+    let affinity = config
+        .upstreams
+        .iter()
+        .zip(&upstreams)
+        .map(|(section, upstream)| {
+            section
+                .affinity
+                .as_ref()
+                .map(|a| Affinity::build(a, upstream, &session_store).map(Arc::new))
+                .transpose()
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     Ok(Runtime {
         config,
         routes,
         upstreams,
+        affinity,
+        session_store,
     })
 }
 

@@ -8,6 +8,7 @@
 mod backend;
 mod client;
 mod gateway;
+pub mod tls_backend;
 mod wire;
 
 pub use backend::{Backend, Behavior, RecordedRequest};

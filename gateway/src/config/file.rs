@@ -332,6 +332,8 @@ pub struct UpstreamSection {
     pub affinity: Option<AffinitySection>,
     /// Re-encryption to backends.
     pub tls: Option<UpstreamTls>,
+    /// Free-form settings for a plugin algorithm, handed to its factory as JSON.
+    pub options: Option<Spanned<toml::Table>>,
 }
 
 fn default_algorithm() -> Spanned<String> {

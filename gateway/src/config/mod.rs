@@ -178,6 +178,8 @@ impl Config {
                 Some(store.kind.span()),
                 "session_store: kind = \"redis\" needs exactly one of `url` (single Redis) or `nodes` (Redis Cluster)",
             );
+        } else if let Err(e) = crate::affinity::store_config(store).validate() {
+            sink.at(span_of(&store.kind), e.to_string());
         }
 
         // Listeners.
@@ -209,10 +211,9 @@ impl Config {
                 );
             }
             if let Some(tls) = &l.tls {
-                sink.at(
-                    Some(tls.span()),
-                    "TLS listeners are not available in this build yet: remove `tls` or terminate TLS in front",
-                );
+                for e in crate::tls::validate_listener(l) {
+                    sink.at(Some(tls.span()), e);
+                }
             }
             if !l.sni.is_empty() && l.tls.is_none() {
                 sink.at(
@@ -236,6 +237,38 @@ impl Config {
                         u.name.get_ref()
                     ),
                 );
+            }
+            if let Some(factory) = registry.balancer(u.algorithm.get_ref()) {
+                // Build the balancer once now, so that options it refuses (an unusable
+                // hash_key, a bad plugin option) are configuration errors with a position.
+                let backends: Vec<switchyard_plugin::Backend> = u
+                    .backends
+                    .get_ref()
+                    .iter()
+                    .map(|b| {
+                        switchyard_plugin::Backend::new(
+                            b.addr.get_ref().clone(),
+                            *b.weight.get_ref(),
+                        )
+                    })
+                    .collect();
+                if let Err(e) = factory.build(&backends, &balancer_options(u)) {
+                    let span = u
+                        .options
+                        .as_ref()
+                        .map(|o| o.span())
+                        .or_else(|| u.hash_key.as_ref().map(|k| k.span()))
+                        .or_else(|| span_of(&u.algorithm))
+                        .unwrap_or_else(|| u.name.span());
+                    sink.at(
+                        Some(span),
+                        format!(
+                            "upstream `{}` ({}): {e}",
+                            u.name.get_ref(),
+                            u.algorithm.get_ref()
+                        ),
+                    );
+                }
             }
             if registry.balancer(u.algorithm.get_ref()).is_none() {
                 let known: Vec<_> = registry.balancer_names().collect();
@@ -287,15 +320,11 @@ impl Config {
                     sink.at(Some(key.span()), msg);
                 }
             }
-            if let Some(hc) = &u.health_check {
-                if let Some(kind) = &hc.kind {
-                    if kind != "http" && kind != "tcp" {
-                        sink.at(
-                            Some(u.name.span()),
-                            format!("health_check.kind `{kind}`: expected \"http\" or \"tcp\""),
-                        );
-                    }
-                }
+            for msg in crate::health::validate(u) {
+                sink.at(Some(u.name.span()), msg);
+            }
+            for e in crate::tls::validate_upstream(u) {
+                sink.at(Some(u.name.span()), e);
             }
             if let Some(a) = &u.affinity {
                 if a.kind != "cookie" && a.kind != "session" {
@@ -306,6 +335,9 @@ impl Config {
                             a.kind
                         ),
                     );
+                }
+                for e in crate::affinity::validate_section(a) {
+                    sink.at(Some(u.name.span()), e);
                 }
             }
         }
@@ -465,6 +497,33 @@ fn array<T: DeserializeOwned>(
         .iter()
         .filter_map(|item| section::<T>(sink, item))
         .collect()
+}
+
+/// The options a balancer factory receives for an upstream: `hash_key`, `resource` (with
+/// durations in milliseconds) and the keys of the free-form `options` table.
+pub fn balancer_options(section: &UpstreamSection) -> serde_json::Value {
+    let mut options = serde_json::Map::new();
+    if let Some(table) = &section.options {
+        if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(table.get_ref()) {
+            options.extend(m);
+        }
+    }
+    if let Some(k) = &section.hash_key {
+        options.insert("hash_key".into(), k.get_ref().clone().into());
+    }
+    if let Some(r) = &section.resource {
+        let mut m = serde_json::Map::new();
+        if let Some(p) = &r.path {
+            m.insert("path".into(), p.clone().into());
+        }
+        for (key, d) in [("max_age", r.max_age), ("interval", r.interval)] {
+            if let Some(d) = d {
+                m.insert(key.into(), format!("{}ms", d.get().as_millis()).into());
+            }
+        }
+        options.insert("resource".into(), m.into());
+    }
+    serde_json::Value::Object(options)
 }
 
 /// Parse `"10.0.0.0/8"`, `"::1/128"` or a bare address.

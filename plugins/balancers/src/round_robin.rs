@@ -39,8 +39,9 @@ impl Balancer for RoundRobin {
 /// The registry factory for `round-robin`.
 pub fn factory(
     backends: &[Backend],
-    _options: &serde_json::Value,
+    options: &serde_json::Value,
 ) -> Result<Box<dyn Balancer>, BuildError> {
+    crate::options::check(options, "round-robin", crate::options::Uses::Nothing)?;
     Ok(Box::new(RoundRobin::new(backends.len())))
 }
 
@@ -52,7 +53,9 @@ mod tests {
     fn rotates_exactly() {
         let rr = RoundRobin::new(3);
         let all = |_: usize| true;
-        let picks: Vec<_> = (0..6).map(|_| rr.pick(&Pick::new(3, &all)).unwrap()).collect();
+        let picks: Vec<_> = (0..6)
+            .map(|_| rr.pick(&Pick::new(3, &all)).unwrap())
+            .collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
     }
 
@@ -60,7 +63,9 @@ mod tests {
     fn skips_ineligible_and_gives_none_when_all_down() {
         let rr = RoundRobin::new(3);
         let not_one = |i: usize| i != 1;
-        let picks: Vec<_> = (0..4).map(|_| rr.pick(&Pick::new(3, &not_one)).unwrap()).collect();
+        let picks: Vec<_> = (0..4)
+            .map(|_| rr.pick(&Pick::new(3, &not_one)).unwrap())
+            .collect();
         assert!(!picks.contains(&1));
         let none = |_: usize| false;
         assert_eq!(rr.pick(&Pick::new(3, &none)), None);
