@@ -535,8 +535,7 @@ impl ProxyHttp for Gateway {
             if let (Some(u), Some(i)) = (&ctx.upstream, ctx.backend) {
                 u.balancer
                     .release(i, &switchyard_plugin::Outcome { elapsed, ok });
-                if let Some(o) = crate::health::PassiveOutcome::of_request(e, ctx.upstream_status)
-                {
+                if let Some(o) = crate::health::PassiveOutcome::of_request(e, ctx.upstream_status) {
                     if u.record_outcome(i, o) {
                         self.shared.metrics.ejection(&u.name, &u.backends[i].addr);
                     }
