@@ -178,6 +178,10 @@ fn reload_inner(
         notes.push("admin address changes need a restart");
     }
     let runtime = compile(config, &shared.registry, &shared.live)?;
+    let refreshed = crate::tls::reload_certificates(&runtime.config)?;
+    if refreshed > 0 {
+        log::info!("reload: certificates of {refreshed} TLS listener(s) re-read");
+    }
     if old != new {
         // Routes must keep referring to the listeners that actually run.
         log::warn!("reload: {}", notes[0]);

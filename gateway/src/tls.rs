@@ -19,7 +19,9 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use arc_swap::ArcSwap;
 
 use async_trait::async_trait;
 use openssl::asn1::Asn1Time;
@@ -210,9 +212,47 @@ impl CertStore {
     }
 }
 
+/// A listener's certificates, swappable while the listener runs: a configuration reload
+/// re-reads the files and swaps them in; handshakes in progress keep the old ones.
+#[derive(Debug)]
+pub struct LiveCerts(ArcSwap<CertStore>);
+
+/// The live certificates of every running TLS listener, by listener name.
+static LIVE_CERTS: LazyLock<Mutex<HashMap<String, Arc<LiveCerts>>>> =
+    LazyLock::new(Default::default);
+
+/// Re-read the certificates of every running TLS listener that `config` still has, and swap
+/// them in. Returns how many listeners were refreshed; errors name the listener.
+pub fn reload_certificates(config: &crate::config::Config) -> Result<usize, String> {
+    let live = LIVE_CERTS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut fresh = Vec::new();
+    for l in &config.listeners {
+        let (Some(tls), Some(current)) = (&l.tls, live.get(l.name.get_ref())) else {
+            continue;
+        };
+        let store = CertStore::load(tls.get_ref(), &l.sni)
+            .map_err(|errors| format!("listener `{}`: {}", l.name.get_ref(), errors.join("; ")))?;
+        store.warn_expired(l.name.get_ref());
+        fresh.push((current.clone(), store));
+    }
+    let n = fresh.len();
+    for (current, store) in fresh {
+        current.0.store(Arc::new(store));
+    }
+    Ok(n)
+}
+
 #[async_trait]
-impl TlsAccept for CertStore {
+impl TlsAccept for LiveCerts {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        let store = self.0.load();
+        store.use_certificate(ssl);
+    }
+}
+
+impl CertStore {
+    /// Put the certificate for the handshake's server name on the connection.
+    fn use_certificate(&self, ssl: &mut TlsRef) {
         let ck = self.select(ssl.servername(NameType::HOST_NAME));
         let result = ext::ssl_use_certificate(ssl, ck.leaf())
             .and_then(|()| ext::ssl_use_private_key(ssl, ck.key()))
@@ -225,6 +265,16 @@ impl TlsAccept for CertStore {
             // The handshake then fails for want of a certificate; nothing else is affected.
             log::error!("TLS: cannot use the certificate: {e}");
         }
+    }
+}
+
+/// The callback object pingora owns, sharing the listener's [`LiveCerts`].
+struct SharedLiveCerts(Arc<LiveCerts>);
+
+#[async_trait]
+impl TlsAccept for SharedLiveCerts {
+    async fn certificate_callback(&self, ssl: &mut TlsRef) {
+        self.0.certificate_callback(ssl).await;
     }
 }
 
@@ -255,7 +305,12 @@ pub fn listener_tls_settings(l: &ListenerSection) -> Result<TlsSettings, String>
         .map_err(|errors| format!("listener `{name}`: {}", errors.join("; ")))?;
     store.warn_expired(name);
     // Mozilla intermediate (v5): TLS 1.2 with ECDHE/DHE AEAD suites, and TLS 1.3.
-    let mut settings = TlsSettings::with_callbacks(Box::new(store))
+    let live = Arc::new(LiveCerts(ArcSwap::from_pointee(store)));
+    LIVE_CERTS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(name.clone(), live.clone());
+    let mut settings = TlsSettings::with_callbacks(Box::new(SharedLiveCerts(live)))
         .map_err(|e| format!("listener `{name}`: TLS setup failed: {e}"))?;
     settings
         .set_min_proto_version(Some(SslVersion::TLS1_2))

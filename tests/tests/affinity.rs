@@ -586,13 +586,18 @@ struct RedisServer {
 
 impl RedisServer {
     fn start(dir: &Path) -> RedisServer {
-        let mut server = RedisServer {
+        let mut server = RedisServer::stopped(dir);
+        server.spawn();
+        server
+    }
+
+    /// A server on a free port, not started yet.
+    fn stopped(dir: &Path) -> RedisServer {
+        RedisServer {
             port: free_port(),
             dir: dir.to_path_buf(),
             child: None,
-        };
-        server.spawn();
-        server
+        }
     }
 
     fn spawn(&mut self) {
@@ -902,4 +907,62 @@ async fn redis_outage_falls_back_to_hashing_and_recovers() {
     assert!(count > 20, "background traffic ran: {count}");
     assert_eq!(failed, 0, "no request failed during the outage");
     assert!(worst < Duration::from_secs(1), "slowest request: {worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_then_up() {
+    if !redis_available() {
+        return;
+    }
+    let dir = TempDir::new();
+    let mut redis = RedisServer::stopped(dir.path());
+    let backends = three_backends().await;
+    let gw = Gateway::start_simple("", &redis_rest(&backends, &redis)).await;
+    let port = gw.port();
+
+    // No Redis: answered at once, each id on one backend (its hash owner).
+    let mut owners = BTreeMap::new();
+    for round in 0..3 {
+        for k in 0..9 {
+            let id = format!("early-{k}");
+            let home = home_of(port, &id).await;
+            assert_eq!(
+                owners.entry(id.clone()).or_insert_with(|| home.clone()),
+                &home,
+                "{id} moved (round {round})"
+            );
+        }
+    }
+    assert!(metric(&gw, "switchyard_session_store_errors_total", &[]).await > 0.0);
+
+    // Redis arrives: pins are read from it without a gateway restart.
+    redis.spawn();
+    let moved: Vec<(String, usize)> = (0..9)
+        .map(|k| {
+            let id = format!("early-{k}");
+            let owner = backends
+                .iter()
+                .position(|b| b.name() == owners[&id])
+                .unwrap();
+            let target = (owner + 1) % 3;
+            redis.pin(&id, &backends[target].addr_string());
+            (id, target)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut following = 0;
+        for (id, target) in &moved {
+            following += usize::from(home_of(port, id).await == backends[*target].name());
+        }
+        if following == moved.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {following} of {} ids follow their pins once Redis is up",
+            moved.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
