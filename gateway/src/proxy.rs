@@ -262,6 +262,18 @@ impl ProxyHttp for Gateway {
             req.headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()),
             &runtime.config.trusted_proxies,
         );
+        if let Some(tls_port) = runtime
+            .config
+            .listeners
+            .get(self.listener)
+            .filter(|l| l.redirect_https)
+            .and_then(|_| https_port(&runtime.config))
+        {
+            let location = https_location(req, tls_port);
+            ctx.runtime = Some(runtime);
+            redirect(session, 308, &location, ctx.request_id.as_ref()).await?;
+            return Ok(true);
+        }
         let host = request_host(req);
         let facts = crate::router::RequestFacts {
             listener: self.listener,
@@ -600,6 +612,50 @@ impl ProxyHttp for Gateway {
     }
 }
 
+/// The port of the first TLS listener, which `redirect_https` sends clients to.
+fn https_port(config: &crate::config::Config) -> Option<u16> {
+    config
+        .listeners
+        .iter()
+        .find(|l| l.tls.is_some())
+        .map(|l| l.addr.get_ref().port())
+}
+
+/// `https://HOST[:PORT]/path?query` for a request (the port left out when it is 443).
+pub fn https_location(req: &RequestHeader, port: u16) -> String {
+    let host = request_host(req).unwrap_or("localhost");
+    // Strip a port from the Host, keeping IPv6 literals whole.
+    let bare = match host.rfind(':') {
+        Some(i)
+            if !host[i..].contains(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            &host[..i]
+        }
+        _ => host,
+    };
+    let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    if port == 443 {
+        format!("https://{bare}{target}")
+    } else {
+        format!("https://{bare}:{port}{target}")
+    }
+}
+
+async fn redirect(
+    session: &mut Session,
+    status: u16,
+    location: &str,
+    request_id: Option<&HeaderValue>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::LOCATION, location)?;
+    resp.insert_header(header::CONTENT_LENGTH, 0)?;
+    if let Some(id) = request_id {
+        resp.insert_header(X_REQUEST_ID.clone(), id.clone())?;
+    }
+    session.write_response_header(Box::new(resp), true).await
+}
+
 /// Host of a request: the URI authority (HTTP/2, absolute form) or the Host header.
 pub fn request_host(req: &RequestHeader) -> Option<&str> {
     req.uri
@@ -623,6 +679,20 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn https_location_keeps_host_path_and_query() {
+        let mut req = RequestHeader::build("GET", b"/a/b?x=1", None).unwrap();
+        req.insert_header("host", "example.com:8080").unwrap();
+        assert_eq!(
+            https_location(&req, 8443),
+            "https://example.com:8443/a/b?x=1"
+        );
+        assert_eq!(https_location(&req, 443), "https://example.com/a/b?x=1");
+        let mut v6 = RequestHeader::build("GET", b"/", None).unwrap();
+        v6.insert_header("host", "[::1]:80").unwrap();
+        assert_eq!(https_location(&v6, 443), "https://[::1]/");
+    }
 
     #[test]
     fn request_id_shape() {

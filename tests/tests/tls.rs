@@ -690,3 +690,67 @@ fn bad_certificate_files_are_configuration_errors_with_positions() {
     }
     assert_eq!(check_config(&up("verify = false")).output.code, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirect_https_sends_plain_clients_to_the_tls_listener() {
+    let certs = ListenerCerts::new();
+    let b = Backend::start("b").await;
+    let rest = route("all", "u", "path_prefix = \"/\"") + &upstream("u", &[&b], "");
+    let text = config(&certs, &rest).replace(
+        "name = \"http\"\n",
+        "name = \"http\"\nredirect_https = true\n",
+    );
+    let gw = Gateway::start(&text).await;
+    let tls_port = gw.listener_port("https");
+    let r = gw.get("Example.com:8080", "/a/b?x=1").await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://Example.com:{tls_port}/a/b?x=1").as_str())
+    );
+    assert_eq!(b.request_count(), 0, "a redirect never reaches a backend");
+    // The TLS listener serves normally.
+    let mut s = certs.client("localhost").connect(tls_port).await.unwrap();
+    let r = h1_request(&mut s, &get_head("localhost", "/a"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_re_reads_listener_certificates() {
+    let certs = ListenerCerts::new();
+    let b = Backend::start("b").await;
+    let rest = route("all", "u", "path_prefix = \"/\"") + &upstream("u", &[&b], "");
+    let text = config(&certs, &rest);
+    let gw = Gateway::start(&text).await;
+    let port = gw.listener_port("https");
+    // An open connection made before the reload.
+    let mut before = certs.client("localhost").connect(port).await.unwrap();
+    assert_eq!(server_common_name(&before).as_deref(), Some("localhost"));
+
+    // New default certificate, same file names as the config: write it over the old one.
+    let renewed = certs.pki.issue(
+        "renewed",
+        "renewed.localhost",
+        &["localhost", "127.0.0.1"],
+        CertUse::Server,
+    );
+    std::fs::copy(renewed.cert_path(), certs.default.cert_path()).unwrap();
+    std::fs::copy(renewed.key_path(), certs.default.key_path()).unwrap();
+    let r = switchyard_tests::request(gw.admin_port(), "POST", "admin", "/admin/reload", &[], b"")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    let after = certs.client("localhost").connect(port).await.unwrap();
+    assert_eq!(
+        server_common_name(&after).as_deref(),
+        Some("renewed.localhost"),
+        "new handshakes get the new certificate"
+    );
+    // The connection opened before the reload still works.
+    let r = h1_request(&mut before, &get_head("localhost", "/still"))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}

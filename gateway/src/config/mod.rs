@@ -222,6 +222,19 @@ impl Config {
                 );
             }
         }
+        if self.listeners.iter().any(|l| l.redirect_https)
+            && !self.listeners.iter().any(|l| l.tls.is_some())
+        {
+            let l = self
+                .listeners
+                .iter()
+                .find(|l| l.redirect_https)
+                .expect("found above");
+            sink.at(
+                Some(l.name.span()),
+                "redirect_https needs a TLS listener to send clients to: add `tls` to another [[listener]]",
+            );
+        }
         if self.listeners.len() > 64 {
             sink.at(None, "at most 64 listeners are supported");
         }

@@ -4,15 +4,16 @@
 //! most loaded backend's excess from O(log n / log log n) to O(log log n), at the cost of
 //! reading two counters instead of scanning all of them. Here the two candidates are drawn
 //! in proportion to their configured weights (a Vose alias table, as [`crate::random`]),
-//! distinct whenever two eligible backends exist, and compared by
+//! distinct when the draws find two eligible ones, and compared by
 //! `in_flight / effective_weight` (cross-multiplied, no division); on a tie the first drawn
 //! wins, so idle pools follow the weights.
 //!
 //! Data structure: the alias table (8 bytes a backend), the backends' shared load records
 //! and weights, and the thread-local wyrand generator (see `rng.rs`): O(1) per pick at
 //! any size, no allocation, no shared write. An ineligible draw is drawn again, up to
-//! [`MAX_DRAWS`] draws in all; failing that a walk from a random start finds an eligible
-//! backend (O(n) only when nearly every backend is ineligible).
+//! [`MAX_DRAWS`] draws in all: when they find only one eligible backend it is taken, and
+//! when they find none a walk from a random start finds one (O(n), and only when most of
+//! the weight is ineligible).
 
 use switchyard_plugin::{Backend, Balancer, BuildError, Pick};
 

@@ -11,7 +11,8 @@
 //! drawn again. After [`MAX_DRAWS`] draws without success the last eligible backend drawn
 //! is taken (so a pool whose every backend is in slow start still follows the configured
 //! weights), and failing even that a walk from a random start finds the first eligible
-//! backend: O(n) only when nearly every backend is ineligible.
+//! backend: O(n), and not weighted, but only reached when most backends are ineligible
+//! (with 90 % of the weight ineligible, 0.9^16 ≈ 19 % of picks).
 
 use std::sync::Arc;
 
