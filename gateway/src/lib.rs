@@ -14,6 +14,8 @@ pub mod downstream;
 pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod resource;
+pub mod retry_budget;
 pub mod router;
 pub mod server;
 pub mod state;

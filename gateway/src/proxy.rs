@@ -248,6 +248,11 @@ impl ProxyHttp for Gateway {
             // Shutting down: finish this request, then close the connection.
             session.set_keepalive(None);
         }
+        if session.req_header().method.is_idempotent() {
+            // Keep the start of the body (pingora's retry buffer) so a failed attempt can be
+            // sent again to another backend.
+            session.as_mut().enable_retry_buffering();
+        }
         let req = session.req_header();
         ctx.request_id = Some(match req.headers.get(&X_REQUEST_ID) {
             Some(v) if valid_request_id(v.as_bytes()) => v.clone(),
@@ -352,6 +357,11 @@ impl ProxyHttp for Gateway {
             log::debug!("upstream {}: no eligible backend", upstream.name);
             return Error::e_explain(ErrorType::HTTPStatus(503), "no eligible backend");
         };
+        if ctx.attempts == 0 {
+            upstream
+                .retry_budget
+                .record_request(crate::retry_budget::now_secs());
+        }
         ctx.attempts += 1;
         ctx.backend = Some(idx);
         let backend = &upstream.backends[idx];
@@ -477,6 +487,47 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        mut e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        // The request reached a backend: retry only idempotent requests whose body is still
+        // whole in the retry buffer, before anything was sent to the client, within the
+        // upstream's retries and retry budget.
+        let retryable = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated()
+            && session.response_written().is_none();
+        if !retryable {
+            e.set_retry(false);
+            return e;
+        }
+        if let (Some(u), Some(i)) = (&ctx.upstream, ctx.backend) {
+            let now = crate::retry_budget::now_secs();
+            if ctx.attempts <= u.retries && u.retry_budget.try_retry(now) {
+                // This attempt's failure is final for its backend: count it here, since
+                // logging only sees the last attempt.
+                if let Some(kind) = UpstreamErrorKind::of(&e) {
+                    self.shared
+                        .metrics
+                        .upstream_error(&u.name, &u.backends[i].addr, kind);
+                }
+                if u.record_outcome(i, crate::health::PassiveOutcome::Failure) {
+                    self.shared.metrics.ejection(&u.name, &u.backends[i].addr);
+                }
+                e.set_retry(true);
+                self.shared.metrics.retry(&u.name);
+                return e;
+            }
+        }
+        // Otherwise pingora's rule: a stale pooled connection may be retried once.
+        e.retry.decide_reuse(client_reused);
+        e
+    }
+
     fn fail_to_connect(
         &self,
         _session: &mut Session,
@@ -499,7 +550,8 @@ impl ProxyHttp for Gateway {
                     .upstream_error(&upstream.name, backend, kind);
             }
             // A failed connect never reached the backend: always safe to try another one.
-            if ctx.attempts <= upstream.retries {
+            let now = crate::retry_budget::now_secs();
+            if ctx.attempts <= upstream.retries && upstream.retry_budget.try_retry(now) {
                 e.set_retry(true);
                 self.shared.metrics.retry(&upstream.name);
             }

@@ -117,6 +117,7 @@ pub fn run(config: Config, registry: Registry, options: RunOptions) -> i32 {
     admin_service.threads = Some(1);
     server.add_service(admin_service);
     server.add_service(crate::health::HealthService::service(shared.clone()));
+    server.add_service(crate::resource::ResourceService::service(shared.clone()));
 
     if options.demo {
         for service in crate::demo::backend_services() {

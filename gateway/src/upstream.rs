@@ -341,6 +341,8 @@ pub struct UpstreamRuntime {
     mode: AtomicU8,
     /// Serialises ejection decisions (taken only when a backend reaches its threshold).
     eject_lock: Mutex<()>,
+    /// Retries may add at most 20% of this upstream's requests over 10 s.
+    pub retry_budget: crate::retry_budget::RetryBudget,
 }
 
 /// How the last pick found its backend, for logging each transition once.
@@ -489,6 +491,7 @@ impl UpstreamRuntime {
             passive,
             slow_start: section.slow_start.map(|d| d.get()).filter(|d| !d.is_zero()),
             ramp: RampMode::of(section.algorithm.get_ref()),
+            retry_budget: Default::default(),
             mode: AtomicU8::new(PickMode::Normal as u8),
             eject_lock: Mutex::new(()),
         })
