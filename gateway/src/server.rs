@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::listeners::ListenerConfig;
+use pingora_core::protocols::l4::stream::L4BufferSettings;
 use pingora_core::services::listening::Service;
 use switchyard_plugin::Registry;
 use tokio::signal::unix::{signal, SignalKind};
@@ -93,21 +95,22 @@ pub fn run(config: Config, registry: Registry, options: RunOptions) -> i32 {
             shared.metrics.clone(),
         );
         let mut service = Service::new(format!("listener {}", listener.name.get_ref()), frontend);
+        let mut endpoint = ListenerConfig::tcp(listener.addr.get_ref().to_string()).l4_buffer(
+            L4BufferSettings::new(
+                server_section.client_read_buffer,
+                server_section.client_write_buffer,
+            ),
+        );
         if listener.tls.is_some() {
             match crate::tls::listener_tls_settings(listener) {
-                Ok(settings) => service.add_tls_with_settings(
-                    &listener.addr.get_ref().to_string(),
-                    None,
-                    settings,
-                ),
+                Ok(settings) => endpoint = endpoint.tls(settings),
                 Err(e) => {
                     eprintln!("error: {e}");
                     return 1;
                 }
             }
-        } else {
-            service.add_tcp(&listener.addr.get_ref().to_string());
         }
+        service.add_listener(endpoint);
         server.add_service(service);
     }
 

@@ -1,10 +1,13 @@
 //! A backend that answers per path: a load report (`{"cpu": .., "memory": ..}`) on its load
-//! path, its name everywhere else. For the `resource-based` algorithm, whose gateway polls
-//! each backend's load endpoint while traffic goes to the other paths.
+//! path, its name everywhere else, optionally after a per-path delay. For the
+//! `resource-based` algorithm, whose gateway polls each backend's load endpoint while
+//! traffic goes to the other paths, and for holding slow requests on one path while others
+//! answer at once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
@@ -17,6 +20,7 @@ struct Answer {
     status: u16,
     content_type: &'static str,
     body: Vec<u8>,
+    delay: Duration,
 }
 
 struct State {
@@ -29,7 +33,8 @@ struct State {
 }
 
 /// A keep-alive HTTP/1.1 backend on `127.0.0.1:<ephemeral>` whose answer depends on the
-/// path. Stopped (all its tasks aborted) on drop.
+/// path (set with [`LoadBackend::set_load`], [`LoadBackend::set_path`] and
+/// [`LoadBackend::set_delay`]). Stopped (all its tasks aborted) on drop.
 pub struct LoadBackend {
     addr: SocketAddr,
     state: Arc<State>,
@@ -93,6 +98,20 @@ impl LoadBackend {
                 status,
                 content_type,
                 body,
+                delay: Duration::ZERO,
+            },
+        );
+    }
+
+    /// Makes `path` (without query) answer 200 and the backend's name after `delay`.
+    pub fn set_delay(&self, path: &str, delay: Duration) {
+        self.state.paths.lock().unwrap().insert(
+            path.to_string(),
+            Answer {
+                status: 200,
+                content_type: "text/plain",
+                body: self.state.name.as_bytes().to_vec(),
+                delay,
             },
         );
     }
@@ -159,7 +178,11 @@ async fn serve(mut w: Wire, state: &State) {
                 status: 200,
                 content_type: "text/plain",
                 body: state.name.as_bytes().to_vec(),
+                delay: Duration::ZERO,
             });
+        if !answer.delay.is_zero() {
+            tokio::time::sleep(answer.delay).await;
+        }
         let mut out = format!(
             "HTTP/1.1 {} X\r\nContent-Type: {}\r\nX-Backend: {}\r\nContent-Length: {}\r\n{}\r\n",
             answer.status,

@@ -699,7 +699,9 @@ async fn home_of(port: u16, id: &str) -> String {
     let r = get_cookie(port, Some(&format!("SESSION={id}"))).await;
     let took = started.elapsed();
     assert_eq!(r.status, 200, "{id}: {}", r.text());
-    assert!(took < Duration::from_secs(1), "{id} took {took:?}");
+    // "Promptly": far below a client's patience, with room for a loaded CI machine (the
+    // store's own timeout is 50 ms; a request that waited on a dead Redis would hang).
+    assert!(took < Duration::from_secs(3), "{id} took {took:?}");
     r.text()
 }
 
@@ -906,7 +908,7 @@ async fn redis_outage_falls_back_to_hashing_and_recovers() {
     let (worst, count, failed) = *worst.lock().unwrap();
     assert!(count > 20, "background traffic ran: {count}");
     assert_eq!(failed, 0, "no request failed during the outage");
-    assert!(worst < Duration::from_secs(1), "slowest request: {worst:?}");
+    assert!(worst < Duration::from_secs(3), "slowest request: {worst:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,6 +37,11 @@ pub struct ServerSection {
     pub upgrade_sock: String,
     /// Where `-d` writes the gateway's own log (stderr when absent).
     pub error_log: Option<String>,
+    /// Bytes of the read buffer kept per client connection (0: the gateway reads each
+    /// request head straight into its own buffer, and an idle connection holds none).
+    pub client_read_buffer: usize,
+    /// Bytes of the write buffer per client connection (coalesces small writes).
+    pub client_write_buffer: usize,
 }
 
 impl Default for ServerSection {
@@ -54,6 +59,8 @@ impl Default for ServerSection {
             pid_file: "/tmp/switchyard.pid".into(),
             upgrade_sock: "/tmp/switchyard_upgrade.sock".into(),
             error_log: None,
+            client_read_buffer: 0,
+            client_write_buffer: 1460,
         }
     }
 }
