@@ -468,6 +468,15 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        // A client that goes away mid-request is ordinary at the edge, not an error to log.
+        *error.esource() == ErrorSource::Downstream
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
     async fn connected_to_upstream(
         &self,
         _session: &mut Session,
