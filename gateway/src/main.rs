@@ -7,6 +7,7 @@ use clap::Parser;
 use switchyard_gateway::config::Config;
 use switchyard_gateway::{demo, server};
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
