@@ -158,7 +158,12 @@ async fn serve(mut w: Wire, state: &State) {
         let target = parts.next().unwrap_or("");
         let version = parts.next().unwrap_or("");
         let path = target.split('?').next().unwrap_or("").to_string();
-        *state.counts.lock().unwrap().entry(path.clone()).or_default() += 1;
+        *state
+            .counts
+            .lock()
+            .unwrap()
+            .entry(path.clone())
+            .or_default() += 1;
         let Ok(framing) = wire::request_framing(&head.headers) else {
             return;
         };
