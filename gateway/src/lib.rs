@@ -11,6 +11,7 @@ pub mod affinity;
 pub mod config;
 pub mod demo;
 pub mod downstream;
+pub mod filters;
 pub mod health;
 pub mod metrics;
 pub mod proxy;

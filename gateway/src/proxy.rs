@@ -25,9 +25,20 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::access_log::Entry;
 use crate::affinity::{Affinity, Decision};
+use crate::filters::{
+    response_cacheable, write_filter_response, ResponseHead, RouteCompression,
+    RouteCompressionBuilder, StoreCounter, UpstreamHead,
+};
 use crate::metrics::UpstreamErrorKind;
 use crate::state::{InFlight, Runtime, Shared};
 use crate::upstream::UpstreamRuntime;
+use pingora_cache::{CacheKey, CachePhase, RespCacheable};
+use pingora_core::modules::http::HttpModules;
+use switchyard_filters::{CacheSettings, RouteFilters};
+use switchyard_plugin::{
+    BodyChunk, FilterError, Flow, RequestContext, RequestInfo, ResponseContext,
+    UpstreamRequestContext,
+};
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -70,6 +81,12 @@ pub struct RequestCtx {
     error_body: Option<String>,
     /// Status of the backend's response, for passive health.
     upstream_status: Option<u16>,
+    /// The matched route's filters.
+    filters: Option<Arc<RouteFilters>>,
+    /// Per-request state of the filters.
+    filter_state: http::Extensions,
+    /// Request body bytes seen, for `on_request_body`.
+    body_received: u64,
     /// The upstream's sticky sessions, when it has `affinity`.
     affinity: Option<Arc<Affinity>>,
     /// What affinity decided for this request.
@@ -237,6 +254,9 @@ impl ProxyHttp for Gateway {
             request_id: None,
             error_body: None,
             upstream_status: None,
+            filters: None,
+            filter_state: http::Extensions::new(),
+            body_received: 0,
             affinity: None,
             sticky: Decision::default(),
         }
@@ -294,7 +314,43 @@ impl ProxyHttp for Gateway {
                 ctx.route = Some(route);
                 ctx.upstream = runtime.upstreams.get(upstream).cloned();
                 ctx.affinity = runtime.affinity.get(upstream).cloned().flatten();
+                let filters = runtime.routes.routes()[route].filters.clone();
                 ctx.runtime = Some(runtime);
+                if filters.chain.has_request_hooks() {
+                    let rt = ctx.runtime.as_ref().expect("just set");
+                    let req = session.req_header();
+                    let info = RequestInfo::new(&req.method, &req.uri, &req.headers)
+                        .with_host(request_host(req))
+                        .with_client_ip(ctx.client_ip)
+                        .with_route(&rt.routes.routes()[route].name)
+                        .with_tls(self.tls);
+                    let counter = StoreCounter(&self.shared);
+                    let mut fctx = RequestContext::new(info, &mut ctx.filter_state)
+                        .with_shared_counter(Some(&counter));
+                    match filters.chain.on_request(&mut fctx).await {
+                        Ok(Flow::Continue) => {}
+                        Ok(Flow::Respond(response)) => {
+                            write_filter_response(session, response, ctx.request_id.as_ref())
+                                .await?;
+                            return Ok(true);
+                        }
+                        Err(e) => {
+                            let status = e.status.as_u16();
+                            respond(session, status, &e.message, ctx.request_id.as_ref()).await?;
+                            return Ok(true);
+                        }
+                    }
+                }
+                if let Some(compress) = &filters.compress {
+                    if let Some(encoding) = compress.negotiate(&session.req_header().headers) {
+                        if let Some(m) =
+                            session.downstream_modules_ctx.get_mut::<RouteCompression>()
+                        {
+                            m.enable(encoding, compress.min_bytes);
+                        }
+                    }
+                }
+                ctx.filters = Some(filters);
                 Ok(false)
             }
             None => {
@@ -439,12 +495,35 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
+        if let Some(filters) = ctx.filters.as_ref() {
+            let route = ctx.route.and_then(|r| runtime.routes.routes().get(r));
+            if route.is_some_and(|r| r.cache.is_some()) {
+                // One cached variant for every client: the backend sends identity, the edge
+                // compresses per client after the cache (downstream module).
+                upstream_request.insert_header(header::ACCEPT_ENCODING, "identity")?;
+            }
+            if filters.chain.has_upstream_request_hooks() {
+                let req = session.req_header();
+                let info = RequestInfo::new(&req.method, &req.uri, &req.headers)
+                    .with_host(request_host(req))
+                    .with_client_ip(ctx.client_ip)
+                    .with_route(route.map_or("", |r| r.name.as_str()))
+                    .with_tls(self.tls);
+                let mut head = UpstreamHead(upstream_request);
+                let mut uctx = UpstreamRequestContext::new(info, &mut head, &mut ctx.filter_state);
+                filters
+                    .chain
+                    .on_upstream_request(&mut uctx)
+                    .await
+                    .map_err(filter_error)?;
+            }
+        }
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -465,7 +544,120 @@ impl ProxyHttp for Gateway {
                 )
                 .await;
         }
+        let route = ctx
+            .route
+            .zip(ctx.runtime.as_ref())
+            .and_then(|(r, rt)| rt.routes.routes().get(r));
+        if route.is_some_and(|r| r.cache.is_some()) {
+            let hit = matches!(
+                session.cache.phase(),
+                CachePhase::Hit
+                    | CachePhase::Stale
+                    | CachePhase::StaleUpdating
+                    | CachePhase::Revalidated
+            );
+            upstream_response.insert_header("x-cache", if hit { "HIT" } else { "MISS" })?;
+        }
+        if let Some(filters) = ctx
+            .filters
+            .as_ref()
+            .filter(|f| f.chain.has_response_hooks())
+        {
+            let req = session.req_header();
+            let info = RequestInfo::new(&req.method, &req.uri, &req.headers)
+                .with_host(request_host(req))
+                .with_client_ip(ctx.client_ip)
+                .with_route(route.map_or("", |r| r.name.as_str()))
+                .with_tls(self.tls);
+            let status = upstream_response.status;
+            let mut head = ResponseHead(upstream_response);
+            let mut rctx = ResponseContext::new(info, status, &mut head, &mut ctx.filter_state);
+            if let Err(e) = filters.chain.on_response(&mut rctx).await {
+                log::warn!(
+                    "route {}: response filter: {e}",
+                    route.map_or("", |r| r.name.as_str())
+                );
+            }
+        }
         Ok(())
+    }
+
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        // Per-route compression, instead of pingora's default (a disabled compressor).
+        modules.add_module(Box::new(RouteCompressionBuilder));
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(filters) = ctx
+            .filters
+            .as_ref()
+            .filter(|f| f.chain.needs_request_body())
+        {
+            let data = body.as_deref().unwrap_or_default();
+            ctx.body_received += data.len() as u64;
+            let chunk = BodyChunk::new(data, ctx.body_received, end_of_stream);
+            if let Err(e) = filters.chain.on_request_body(&chunk) {
+                ctx.error_body = Some(e.message.to_string());
+                return Err(filter_error(e));
+            }
+        }
+        Ok(())
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let cache = ctx
+            .route
+            .zip(ctx.runtime.as_ref())
+            .and_then(|(r, rt)| rt.routes.routes()[r].cache);
+        if let Some(c) = cache {
+            if CacheSettings::cacheable_method(&session.req_header().method) {
+                session
+                    .cache
+                    .enable(c.storage, Some(c.eviction), None, Some(c.lock), None);
+                session.cache.set_max_file_size_bytes(
+                    usize::try_from(c.settings.max_object_bytes).unwrap_or(usize::MAX),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let req = session.req_header();
+        let route = ctx.route_name().unwrap_or("");
+        let host = request_host(req).unwrap_or("");
+        let target = req.uri.path_and_query().map_or("/", |p| p.as_str());
+        // Length-prefixed parts: unambiguous. The route is the user tag (one namespace each).
+        let primary = format!("{}:{host}{}:{target}", host.len(), target.len());
+        Ok(CacheKey::new(primary, route))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let cache = ctx
+            .route
+            .zip(ctx.runtime.as_ref())
+            .and_then(|(r, rt)| rt.routes.routes()[r].cache);
+        let Some(c) = cache else {
+            return Ok(RespCacheable::Uncacheable(
+                pingora_cache::NoCacheReason::NeverEnabled,
+            ));
+        };
+        let authorization = session
+            .req_header()
+            .headers
+            .contains_key(header::AUTHORIZATION);
+        Ok(response_cacheable(&c.settings, resp, authorization))
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
@@ -504,6 +696,11 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
+        // A filter's refusal (body-limit 413) is final: never retried on another backend.
+        if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+            e.set_retry(false);
+            return e;
+        }
         // The request reached a backend: retry only idempotent requests whose body is still
         // whole in the retry buffer, before anything was sent to the client, within the
         // upstream's retries and retry budget.
@@ -715,6 +912,13 @@ async fn redirect(
         resp.insert_header(X_REQUEST_ID.clone(), id.clone())?;
     }
     session.write_response_header(Box::new(resp), true).await
+}
+
+fn filter_error(e: FilterError) -> Box<Error> {
+    Error::explain(
+        ErrorType::HTTPStatus(e.status.as_u16()),
+        e.message.into_owned(),
+    )
 }
 
 /// Host of a request: the URI authority (HTTP/2, absolute form) or the Host header.

@@ -49,6 +49,10 @@ pub struct Route {
     pub query: Vec<(String, String)>,
     /// Remove the matched prefix before forwarding.
     pub strip_prefix: bool,
+    /// The route's filters (chain, compress, cache settings).
+    pub filters: std::sync::Arc<switchyard_filters::RouteFilters>,
+    /// The route's cache, when it has `cache`.
+    pub cache: Option<&'static crate::filters::RouteCache>,
 }
 
 /// What a lookup needs to know about a request.
@@ -310,6 +314,7 @@ impl RouteTable {
         };
         let mut table = RouteTable::default();
         for (idx, r) in config.routes.iter().enumerate() {
+            let filters = config.route_filters.get(idx).cloned().unwrap_or_default();
             let path = if let Some(p) = &r.path {
                 PathMatch::Exact(p.get_ref().clone())
             } else if let Some(p) = &r.path_prefix {
@@ -368,6 +373,11 @@ impl RouteTable {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 strip_prefix: r.strip_prefix,
+                filters: filters.clone(),
+                cache: filters
+                    .cache
+                    .as_ref()
+                    .map(|c| crate::filters::route_cache(r.name.get_ref(), c)),
             };
             let index = match r.host.as_ref().map(|h| h.get_ref().to_ascii_lowercase()) {
                 None => &mut table.any_host,

@@ -104,6 +104,22 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
 
     /// The prefix every key is stored under (e.g. `"switchyard:"`).
     fn key_prefix(&self) -> &str;
+
+    /// Adds one to the counter at `key` and returns the new value; the counter expires `ttl`
+    /// after its last change. Cluster rate limits count with it. The default reads then
+    /// writes (not atomic across processes, which only the memory store, private to one
+    /// process, relies on); the Redis store overrides it with one atomic script whose expiry
+    /// is set when the counter is created.
+    async fn incr(&self, key: &str, ttl: Duration) -> Result<u64, Error> {
+        let current = self
+            .get_raw(key)
+            .await?
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        let next = current.saturating_add(1);
+        self.set_raw(key, &next.to_string(), ttl).await?;
+        Ok(next)
+    }
 }
 
 /// The logical key of the application session `id`: `session:{id}`.

@@ -329,6 +329,16 @@ impl SessionStore for RedisStore {
         self.run::<()>(cmd).await
     }
 
+    async fn incr(&self, key: &str, ttl: Duration) -> Result<u64, Error> {
+        // One round trip, atomic, one key (so it works on Redis Cluster too).
+        const INCR_SCRIPT: &str = "local n = redis.call('INCR', KEYS[1]) \
+            if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return n";
+        let full = self.full_key(key)?;
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(INCR_SCRIPT).arg(1).arg(&full).arg(ttl_millis(ttl));
+        self.run::<u64>(cmd).await
+    }
+
     async fn touch(&self, key: &str, ttl: Duration) -> Result<bool, Error> {
         let key = self.full_key(key)?;
         // PEXPIRE 0 deletes the key, like a zero TTL elsewhere.

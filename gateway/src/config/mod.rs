@@ -23,19 +23,7 @@ pub use error::{ConfigError, ConfigErrors, ErrorSink};
 pub use file::*;
 
 /// The filter kinds the configuration accepts (see the contract's filter list).
-pub const FILTER_KINDS: &[&str] = &[
-    "rate-limit",
-    "ip-allow",
-    "ip-deny",
-    "request-headers",
-    "response-headers",
-    "redirect",
-    "rewrite",
-    "compress",
-    "body-limit",
-    "cache",
-    "cors",
-];
+pub const FILTER_KINDS: &[&str] = &switchyard_filters::KINDS;
 
 /// A parsed and validated configuration.
 #[derive(Debug, Clone)]
@@ -58,6 +46,8 @@ pub struct Config {
     pub trusted_proxies: Vec<IpNet>,
     /// Each upstream's backends, resolved to socket addresses (same order as the file).
     pub resolved: Vec<Vec<SocketAddr>>,
+    /// Each route's filters, built and checked (same order as `routes`).
+    pub route_filters: Vec<std::sync::Arc<switchyard_filters::RouteFilters>>,
 }
 
 impl Config {
@@ -121,6 +111,7 @@ impl Config {
             upstreams,
             trusted_proxies: Vec::new(),
             resolved: Vec::new(),
+            route_filters: Vec::new(),
         };
         config.validate(&mut sink, registry, listener_tables);
         if sink.is_empty() {
@@ -357,6 +348,7 @@ impl Config {
 
         // Routes.
         let mut route_names = HashSet::new();
+        let mut route_filters = Vec::with_capacity(self.routes.len());
         for r in &self.routes {
             if !route_names.insert(r.name.get_ref().clone()) {
                 sink.at(
@@ -441,20 +433,20 @@ impl Config {
                     );
                 }
             }
-            for f in &r.filters {
-                match f.get_ref().get("kind").and_then(|k| k.as_str()) {
-                    Some(kind) if FILTER_KINDS.contains(&kind) => {}
-                    Some(kind) => sink.at(
-                        Some(f.span()),
-                        format!(
-                            "unknown filter kind `{kind}`, expected one of: {}",
-                            FILTER_KINDS.join(", ")
-                        ),
-                    ),
-                    None => sink.at(Some(f.span()), "a filter needs `kind`"),
+            match switchyard_filters::build_route_filters(
+                r.filters.iter().map(|f| f.get_ref()),
+                registry,
+            ) {
+                Ok(built) => route_filters.push(std::sync::Arc::new(built)),
+                Err(errors) => {
+                    for (i, message) in errors {
+                        sink.at(r.filters.get(i).map(|f| f.span()), message);
+                    }
+                    route_filters.push(Default::default());
                 }
             }
         }
+        self.route_filters = route_filters;
     }
 
     /// Index of the listener named `name`.

@@ -6,7 +6,11 @@
 //! - [`BackendLoad`]: the live load of one backend (in-flight requests, response-time EWMA,
 //!   effective weight). The gateway owns it and keys it by the backend's identity, so it
 //!   survives configuration reloads and rebuilds of a balancer;
-//! - [`Registry`]: the table of algorithms by name that the gateway's configuration uses.
+//! - [`Registry`]: the table of algorithms (and of filters added by plugin crates) by name
+//!   that the gateway's configuration uses;
+//! - [`filter`]: the [`Filter`] trait for request/response filters, the contexts its hooks
+//!   receive, [`FilterChain`] (a route's filters in order) and [`SharedCounter`] (the
+//!   fleet-wide counter the gateway offers cluster rate limits).
 //!
 //! It does no I/O and depends on no other crate of the workspace.
 //!
@@ -32,6 +36,21 @@
 /// The JSON crate of the options a [`BalancerFactory`] receives, re-exported so that a
 /// plugin names the same `serde_json::Value` without depending on it itself.
 pub use serde_json;
+
+/// The attribute that makes a trait impl's `async fn`s object safe, re-exported so that a
+/// filter names it without depending on `async-trait` itself.
+pub use async_trait::async_trait;
+
+/// The HTTP types the filter contexts use, re-exported for plugin crates.
+pub use http;
+
+pub mod filter;
+
+pub use filter::{
+    BodyChunk, CounterError, Filter, FilterChain, FilterError, FilterFactory, Flow, HeaderEditor,
+    Hooks, RequestContext, RequestHeadEditor, RequestInfo, Response, ResponseContext,
+    SharedCounter, UpstreamRequestContext,
+};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -789,10 +808,12 @@ where
     }
 }
 
-/// The algorithms known to a gateway, by the names the configuration uses.
+/// The algorithms known to a gateway, by the names the configuration uses, and the filters
+/// that plugin crates add (the compiled-in filters are a typed enum in `switchyard-filters`).
 #[derive(Default)]
 pub struct Registry {
     balancers: BTreeMap<String, Arc<dyn BalancerFactory>>,
+    filters: BTreeMap<String, Arc<dyn FilterFactory>>,
 }
 
 impl Registry {
@@ -816,12 +837,54 @@ impl Registry {
     pub fn balancer_names(&self) -> impl Iterator<Item = &str> {
         self.balancers.keys().map(String::as_str)
     }
+
+    /// Register (or replace) the filter kind `name`. The factory receives the filter's
+    /// table from a route's `filters` list as JSON, without its `kind` key.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use switchyard_plugin::{BuildError, Filter, Hooks, Registry};
+    ///
+    /// struct Tag;
+    /// impl Filter for Tag {
+    ///     fn hooks(&self) -> Hooks {
+    ///         Hooks::NONE
+    ///     }
+    /// }
+    ///
+    /// let mut registry = Registry::new();
+    /// registry.register_filter("tag", |options: &serde_json::Value| {
+    ///     if options.as_object().is_some_and(|o| !o.is_empty()) {
+    ///         return Err(BuildError("`tag` takes no options".into()));
+    ///     }
+    ///     Ok(Arc::new(Tag) as Arc<dyn Filter>)
+    /// });
+    /// let factory = registry.filter("tag").unwrap();
+    /// assert!(factory.build(&serde_json::json!({})).is_ok());
+    /// assert!(factory.build(&serde_json::json!({"x": 1})).is_err());
+    /// assert_eq!(registry.filter_names().collect::<Vec<_>>(), ["tag"]);
+    /// ```
+    pub fn register_filter(&mut self, name: &str, factory: impl FilterFactory) -> &mut Self {
+        self.filters.insert(name.to_owned(), Arc::new(factory));
+        self
+    }
+
+    /// The factory of filter kind `name`, if registered.
+    pub fn filter(&self, name: &str) -> Option<Arc<dyn FilterFactory>> {
+        self.filters.get(name).cloned()
+    }
+
+    /// The registered filter kinds, sorted.
+    pub fn filter_names(&self) -> impl Iterator<Item = &str> {
+        self.filters.keys().map(String::as_str)
+    }
 }
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("balancers", &self.balancers.keys().collect::<Vec<_>>())
+            .field("filters", &self.filters.keys().collect::<Vec<_>>())
             .finish()
     }
 }
