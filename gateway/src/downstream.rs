@@ -29,6 +29,9 @@ use tokio::time::{timeout, Instant};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 
+/// Initial capacity of the buffer a request head is read into (most heads fit).
+const HEAD_BUFFER: usize = 1024;
+
 /// Client-side limits of a listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientLimits {
@@ -117,7 +120,8 @@ impl ServerApp for Frontend {
         let mut settings = None;
         let mut first = true;
         loop {
-            let mut buf = BytesMut::with_capacity(4096);
+            // Small enough that an idle keep-alive connection holds little; a larger head grows it.
+            let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
             let started = std::time::Instant::now();
             let outcome = read_head(&mut stream, &mut buf, &limits, first, shutdown).await;
             match outcome {
