@@ -14,7 +14,7 @@
 //! probed in the same instant. A backend goes down after `fails` consecutive failed probes
 //! and comes back after `passes` consecutive successful ones; every backend starts healthy.
 //! When an upstream's `health_check` is removed by a reload, its backends are marked healthy.
-//! Upstreams with `tls` are probed with a TCP connect (no TLS probe yet).
+//! Upstreams with `tls` are probed over TLS with the same settings as their requests.
 //!
 //! # Passive health (`passive_health`)
 //!
@@ -60,14 +60,16 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pingora_core::connectors::TransportConnector;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::{
     background_service, BackgroundService, GenBackgroundService,
 };
+use pingora_core::upstreams::peer::{HttpPeer, Scheme};
 use pingora_error::{Error, ErrorSource, ErrorType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -412,20 +414,51 @@ pub type ProbeError = String;
 
 /// Probe a backend once, bounded by the check's timeout.
 pub async fn probe(check: &HealthCheck, socket: SocketAddr, host: &str) -> Result<(), ProbeError> {
-    match tokio::time::timeout(check.timeout, probe_unbounded(check, socket, host)).await {
+    probe_peer(check, socket, host, None).await
+}
+
+/// Probe a backend once, over TLS with `tls_peer`'s settings when it is given.
+pub async fn probe_peer(
+    check: &HealthCheck,
+    socket: SocketAddr,
+    host: &str,
+    tls_peer: Option<&HttpPeer>,
+) -> Result<(), ProbeError> {
+    let probe = async {
+        match tls_peer {
+            Some(peer) => {
+                // pingora's connector: the handshake verifies exactly as requests do.
+                static CONNECTOR: LazyLock<TransportConnector> =
+                    LazyLock::new(|| TransportConnector::new(None));
+                let stream = CONNECTOR
+                    .new_stream(peer)
+                    .await
+                    .map_err(|e| format!("TLS connect: {e}"))?;
+                probe_http(check, stream, host).await
+            }
+            None => {
+                let stream = TcpStream::connect(socket)
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?;
+                stream.set_nodelay(true).ok();
+                probe_http(check, stream, host).await
+            }
+        }
+    };
+    match tokio::time::timeout(check.timeout, probe).await {
         Ok(r) => r,
         Err(_) => Err(format!("no answer within {:?}", check.timeout)),
     }
 }
 
-async fn probe_unbounded(
+async fn probe_http<S>(
     check: &HealthCheck,
-    socket: SocketAddr,
+    mut stream: S,
     default_host: &str,
-) -> Result<(), ProbeError> {
-    let mut stream = TcpStream::connect(socket)
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+) -> Result<(), ProbeError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let CheckKind::Http {
         path,
         host,
@@ -435,7 +468,6 @@ async fn probe_unbounded(
     else {
         return Ok(());
     };
-    stream.set_nodelay(true).ok();
     let host = host.as_deref().unwrap_or(default_host);
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nUser-Agent: switchyard-health\r\nAccept: */*\r\n\r\n"
@@ -513,6 +545,9 @@ pub struct ProbeTarget {
     pub state: Arc<BackendState>,
     /// The backend's shared load record (its effective weight).
     pub load: Arc<BackendLoad>,
+    /// For `tls` upstreams: the backend's peer, so probes use the same TLS settings
+    /// (CA, name, client certificate) as requests.
+    pub tls_peer: Option<HttpPeer>,
 }
 
 type ProbeFuture = Pin<Box<dyn Future<Output = Result<(), ProbeError>> + Send>>;
@@ -520,7 +555,8 @@ type ProbeFn = Arc<dyn Fn(Arc<ProbeTarget>) -> ProbeFuture + Send + Sync>;
 
 fn real_probe() -> ProbeFn {
     Arc::new(|t: Arc<ProbeTarget>| {
-        Box::pin(async move { probe(&t.check, t.socket, &t.addr).await }) as ProbeFuture
+        Box::pin(async move { probe_peer(&t.check, t.socket, &t.addr, t.tls_peer.as_ref()).await })
+            as ProbeFuture
     })
 }
 
@@ -619,6 +655,7 @@ impl Probes {
                         slow_start: u.slow_start,
                         state: b.state.clone(),
                         load: b.plugin.load.clone(),
+                        tls_peer: (b.peer.scheme == Scheme::HTTPS).then(|| b.peer.clone()),
                     });
                     let task = tokio::spawn(probe_loop(target, probe.clone()));
                     self.tasks.insert(key.clone(), task.abort_handle());

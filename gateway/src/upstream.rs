@@ -407,19 +407,9 @@ impl UpstreamRuntime {
         let health = section
             .health_check
             .as_ref()
-            .map(|h| HealthCheck::from_section(h, section.tls.is_some()))
+            .map(|h| HealthCheck::from_section(h, false))
             .transpose()
             .map_err(|e| format!("upstream `{name}`: {e}"))?;
-        if section.tls.is_some()
-            && section
-                .health_check
-                .as_ref()
-                .is_some_and(|h| h.kind.as_deref() != Some("tcp"))
-        {
-            log::warn!(
-                "upstream {name}: HTTP health checks over TLS are not supported yet; checking with a TCP connect"
-            );
-        }
         let passive = section
             .passive_health
             .as_ref()

@@ -754,3 +754,67 @@ async fn reload_re_reads_listener_certificates() {
         .unwrap();
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_use_the_upstream_tls_settings() {
+    let pki = Pki::new("Backend CA");
+    let cert = pki.issue(
+        "backend",
+        "backend.internal",
+        &["backend.internal"],
+        CertUse::Server,
+    );
+    let good = TlsBackend::start("good", &cert, TlsBackendOptions::default()).await;
+    let rogue_pki = Pki::new("Rogue CA");
+    let rogue_cert = rogue_pki.issue(
+        "rogue",
+        "backend.internal",
+        &["backend.internal"],
+        CertUse::Server,
+    );
+    let rogue = TlsBackend::start("rogue", &rogue_cert, TlsBackendOptions::default()).await;
+    let rest = format!(
+        "[[upstream]]\nname = \"u\"\nbackends = [ {{ addr = \"{}\" }}, {{ addr = \"{}\" }} ]\nhealth_check = {{ path = \"/health\", interval = \"200ms\", timeout = \"1s\", fails = 1, passes = 1 }}\ntls = {{ sni = \"backend.internal\", ca = \"{}\" }}\n\n{}",
+        good.addr_string(),
+        rogue.addr_string(),
+        pki.ca_path_string(),
+        route("all", "u", "path_prefix = \"/\"")
+    );
+    let gw = Gateway::start_simple("access_log = \"off\"", &rest).await;
+    // The probe over TLS fails verification for the rogue backend: it is marked down, and
+    // every request goes to the verified one.
+    let mut down = false;
+    for _ in 0..50 {
+        let r = switchyard_tests::request(
+            gw.admin_port(),
+            "GET",
+            "admin",
+            "/admin/upstreams",
+            &[],
+            b"",
+        )
+        .await;
+        let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        let backends = json["upstreams"][0]["backends"].as_array().unwrap().clone();
+        let healthy: Vec<bool> = backends
+            .iter()
+            .map(|b| b["healthy"].as_bool().unwrap())
+            .collect();
+        if healthy == [true, false] {
+            down = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        down,
+        "the backend failing TLS verification is taken out by its health check"
+    );
+    for _ in 0..6 {
+        assert_eq!(gw.get("x", "/").await.status, 200);
+    }
+    assert!(
+        good.requests().iter().any(|r| r.target == "/health"),
+        "the verified backend was probed over TLS"
+    );
+}
