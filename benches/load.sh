@@ -334,8 +334,9 @@ CLK_TCK="$(getconf CLK_TCK)"
 
 run_wrk() { # proxy, seconds, output file
   local port; port="$(port_of "$1")"
+  # WRK_HEADER: one extra request header (e.g. a session cookie for the affinity bench).
   timeout $(( $2 + 30 )) "$TASKSET" -c 1 "$WRK" -t1 -c"$CONNECTIONS" -d"$2"s --latency \
-    "http://127.0.0.1:$port/" >"$3" 2>&1 || { echo "error: wrk against $1 failed:" >&2; cat "$3" >&2; exit 1; }
+    ${WRK_HEADER:+-H "$WRK_HEADER"} "http://127.0.0.1:$port/" >"$3" 2>&1 || { echo "error: wrk against $1 failed:" >&2; cat "$3" >&2; exit 1; }
 }
 
 to_ms() { # wrk latency value "812.00us" "1.23ms" "2.01s" -> ms
