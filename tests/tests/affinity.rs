@@ -968,3 +968,168 @@ async fn redis_down_at_start_then_up() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A Redis Cluster of three masters on loopback, started for one test.
+struct RedisCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    _dir: TempDir,
+}
+
+impl RedisCluster {
+    fn start() -> RedisCluster {
+        let dir = TempDir::new();
+        let mut nodes = Vec::new();
+        let mut ports = Vec::new();
+        for i in 0..3 {
+            let port = free_port();
+            let node_dir = dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .args([
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                ])
+                .args(["--cluster-node-timeout", "5000"])
+                .arg("--dir")
+                .arg(&node_dir)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            nodes.push(child);
+            ports.push(port);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for &p in &ports {
+            while !ping(p) {
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster node {p} did not come up"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        for p in &ports {
+            loop {
+                let info = Command::new("redis-cli")
+                    .args(["-p", &p.to_string(), "cluster", "info"])
+                    .output()
+                    .expect("redis-cli cluster info");
+                if String::from_utf8_lossy(&info.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster never reached state ok"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster {
+            nodes,
+            ports,
+            _dir: dir,
+        }
+    }
+
+    /// Pins `session` of upstream `app` to `addr`, through any node (following MOVED).
+    fn pin(&self, session: &str, addr: &str) {
+        let key = format!("switchyard:affinity:app:{session}");
+        let out = Command::new("redis-cli")
+            .args([
+                "-c",
+                "-p",
+                &self.ports[0].to_string(),
+                "SET",
+                &key,
+                addr,
+                "EX",
+                "600",
+            ])
+            .output()
+            .expect("redis-cli SET");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_sharing_a_redis_cluster_agree() {
+    if !redis_available() {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let backends = three_backends().await;
+    let refs: Vec<&Backend> = backends.iter().collect();
+    let nodes: Vec<String> = cluster
+        .ports
+        .iter()
+        .map(|p| format!("\"redis://127.0.0.1:{p}\""))
+        .collect();
+    let rest = sticky_rest(
+        &refs,
+        "{ kind = \"session\", cookie = \"SESSION\", ttl = \"10m\" }",
+        &format!(
+            "[session_store]\nkind = \"redis\"\nnodes = [{}]\ntimeout = \"200ms\"\n",
+            nodes.join(", ")
+        ),
+    );
+    let a = Gateway::start_simple("", &rest).await;
+    let b = Gateway::start_simple("", &rest).await;
+    // Pins written into the cluster (keys spread over its three masters) are followed by
+    // both gateways, whatever the hash fallback would have chosen.
+    for k in 0..9 {
+        let id = format!("cluster-{k}");
+        cluster.pin(&id, &backends[k % 3].addr_string());
+    }
+    for k in 0..9 {
+        let id = format!("cluster-{k}");
+        let want = backends[k % 3].name();
+        let mut got_a = String::new();
+        // The store connects on first use; give the cluster connection a moment.
+        for _ in 0..50 {
+            got_a = home_of(a.port(), &id).await;
+            if got_a == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(got_a, want, "{id} via gateway A");
+        let mut got_b = String::new();
+        for _ in 0..50 {
+            got_b = home_of(b.port(), &id).await;
+            if got_b == want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(got_b, want, "{id} via gateway B");
+    }
+}
