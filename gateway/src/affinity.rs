@@ -584,6 +584,15 @@ impl Affinity {
     }
 
     /// The session id of a request (unchecked), from its cookie or header.
+    /// The application session id `req` carries, for session-id affinity (`None` for cookie
+    /// affinity or when the request has none).
+    pub fn session_id<'r>(&self, req: &'r RequestHeader) -> Option<&'r str> {
+        match &self.mode {
+            Mode::Session(s) => self.request_id(s, req).filter(|id| valid_session_id(id)),
+            Mode::Cookie(_) => None,
+        }
+    }
+
     fn request_id<'r>(&self, s: &SessionMode, req: &'r RequestHeader) -> Option<&'r str> {
         match &s.source {
             IdSource::Cookie(name) => cookie_value(&req.headers, name),

@@ -22,7 +22,9 @@ use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 use switchyard_filters::{CacheSettings, Encoding};
-use switchyard_plugin::{CounterError, HeaderEditor, RequestHeadEditor, Response, SharedCounter};
+use switchyard_plugin::{
+    CounterError, HeaderEditor, RequestHeadEditor, Response, SessionAccess, SharedCounter,
+};
 
 use crate::state::Shared;
 
@@ -128,6 +130,54 @@ impl SharedCounter for StoreCounter<'_> {
             self.0.metrics.session_store_error("incr");
             CounterError(e.to_string())
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The request's application session, over the session store.
+
+/// [`SessionAccess`] over the session store: the JSON at `session:{id}`.
+pub struct StoreSession<'a> {
+    /// The shared state (its session store).
+    pub shared: &'a Shared,
+    /// The session id the request carries.
+    pub id: &'a str,
+}
+
+#[async_trait]
+impl SessionAccess for StoreSession<'_> {
+    fn id(&self) -> &str {
+        self.id
+    }
+
+    async fn get(&self) -> std::result::Result<Option<serde_json::Value>, CounterError> {
+        let Some(store) = self.shared.session_store().await else {
+            return Err(CounterError("session store not ready".into()));
+        };
+        store
+            .get(&switchyard_session::session_key(self.id))
+            .await
+            .map_err(|e| {
+                self.shared.metrics.session_store_error("get");
+                CounterError(e.to_string())
+            })
+    }
+
+    async fn set(
+        &self,
+        value: &serde_json::Value,
+        ttl: Duration,
+    ) -> std::result::Result<(), CounterError> {
+        let Some(store) = self.shared.session_store().await else {
+            return Err(CounterError("session store not ready".into()));
+        };
+        store
+            .set(&switchyard_session::session_key(self.id), value, ttl)
+            .await
+            .map_err(|e| {
+                self.shared.metrics.session_store_error("set");
+                CounterError(e.to_string())
+            })
     }
 }
 
@@ -329,4 +379,54 @@ pub fn response_cacheable(
         cc.strip_private_headers(&mut header);
     }
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, 0, 0, header))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::server::default_registry;
+
+    #[tokio::test]
+    async fn filters_read_and_write_the_session_json_in_the_store() {
+        let text = r#"
+[[listener]]
+name = "http"
+addr = "127.0.0.1:1"
+[[route]]
+name = "r"
+upstream = "app"
+[[upstream]]
+name = "app"
+backends = [ { addr = "127.0.0.1:9" } ]
+affinity = { kind = "session", cookie = "SESSION" }
+"#;
+        let config = Config::parse("t.toml", text, &default_registry()).unwrap();
+        let shared = Shared::new(config, default_registry()).unwrap();
+        // The id a request carries, as the affinity of its upstream reads it.
+        let runtime = shared.runtime.load_full();
+        let affinity = runtime.affinity[0].clone().expect("session affinity");
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("cookie", "a=b; SESSION=user-42").unwrap();
+        let id = affinity.session_id(&req).expect("an id");
+        assert_eq!(id, "user-42");
+
+        let session = StoreSession {
+            shared: &shared,
+            id,
+        };
+        assert_eq!(session.get().await.unwrap(), None);
+        let value = serde_json::json!({"user": "alice", "role": "admin"});
+        session.set(&value, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(session.get().await.unwrap(), Some(value.clone()));
+        // Applications sharing the store see it at session:{id}.
+        let store = shared.session_store().await.unwrap();
+        assert_eq!(
+            store
+                .get(&switchyard_session::session_key("user-42"))
+                .await
+                .unwrap(),
+            Some(value)
+        );
+    }
 }

@@ -27,7 +27,7 @@ use crate::access_log::Entry;
 use crate::affinity::{Affinity, Decision};
 use crate::filters::{
     response_cacheable, write_filter_response, ResponseHead, RouteCompression,
-    RouteCompressionBuilder, StoreCounter, UpstreamHead,
+    RouteCompressionBuilder, StoreCounter, StoreSession, UpstreamHead,
 };
 use crate::metrics::UpstreamErrorKind;
 use crate::state::{InFlight, Runtime, Shared};
@@ -36,7 +36,7 @@ use pingora_cache::{CacheKey, CachePhase, RespCacheable};
 use pingora_core::modules::http::HttpModules;
 use switchyard_filters::{CacheSettings, RouteFilters};
 use switchyard_plugin::{
-    BodyChunk, FilterError, Flow, RequestContext, RequestInfo, ResponseContext,
+    BodyChunk, FilterError, Flow, RequestContext, RequestInfo, ResponseContext, SessionAccess,
     UpstreamRequestContext,
 };
 
@@ -325,8 +325,17 @@ impl ProxyHttp for Gateway {
                         .with_route(&rt.routes.routes()[route].name)
                         .with_tls(self.tls);
                     let counter = StoreCounter(&self.shared);
+                    let app_session =
+                        ctx.affinity
+                            .as_deref()
+                            .and_then(|a| a.session_id(req))
+                            .map(|id| StoreSession {
+                                shared: &self.shared,
+                                id,
+                            });
                     let mut fctx = RequestContext::new(info, &mut ctx.filter_state)
-                        .with_shared_counter(Some(&counter));
+                        .with_shared_counter(Some(&counter))
+                        .with_session(app_session.as_ref().map(|s| s as &dyn SessionAccess));
                     match filters.chain.on_request(&mut fctx).await {
                         Ok(Flow::Continue) => {}
                         Ok(Flow::Respond(response)) => {

@@ -252,18 +252,28 @@ pub struct RequestContext<'a> {
     /// the gateway has one; `None` otherwise. Filters that use it fall back to local state
     /// when it is absent or fails.
     pub shared_counter: Option<&'a dyn SharedCounter>,
+    /// The request's application session (its JSON in the gateway's session store), when
+    /// the route's upstream uses session-id affinity and the request carries an id.
+    pub session: Option<&'a dyn SessionAccess>,
     /// Per-request state, kept by the gateway from this phase to the last.
     pub extensions: &'a mut Extensions,
 }
 
 impl<'a> RequestContext<'a> {
-    /// The context of `request`, without a shared counter.
+    /// The context of `request`, without a shared counter or session.
     pub fn new(request: RequestInfo<'a>, extensions: &'a mut Extensions) -> Self {
         Self {
             request,
             shared_counter: None,
+            session: None,
             extensions,
         }
+    }
+
+    /// With the request's application session, if it has one.
+    pub fn with_session(mut self, session: Option<&'a dyn SessionAccess>) -> Self {
+        self.session = session;
+        self
     }
 
     /// With the fleet-wide counter (the gateway's session store), if it has one.
@@ -524,6 +534,22 @@ impl fmt::Display for CounterError {
 }
 
 impl std::error::Error for CounterError {}
+
+/// The request's application session, as a filter sees it: the JSON the gateway's session
+/// store keeps for the session id the request carries.
+#[async_trait]
+pub trait SessionAccess: Send + Sync {
+    /// The session id (from the cookie or header the upstream's affinity names).
+    fn id(&self) -> &str;
+
+    /// The session's JSON, or `None` when the store has none (or it expired).
+    async fn get(&self) -> Result<Option<serde_json::Value>, CounterError>;
+
+    /// Replace the session's JSON, kept for `ttl`. Applications sharing the store (the key
+    /// is `session:{id}` under the store's prefix) see it too; a filter can, for example,
+    /// record the user after a login.
+    async fn set(&self, value: &serde_json::Value, ttl: Duration) -> Result<(), CounterError>;
+}
 
 /// A counter shared by every gateway of a fleet, for cluster-wide rate limits. The gateway
 /// implements it over its session store's Redis (`INCR` with an expiry); a plugin never

@@ -49,7 +49,7 @@ pub mod filter;
 pub use filter::{
     BodyChunk, CounterError, Filter, FilterChain, FilterError, FilterFactory, Flow, HeaderEditor,
     Hooks, RequestContext, RequestHeadEditor, RequestInfo, Response, ResponseContext,
-    SharedCounter, UpstreamRequestContext,
+    SessionAccess, SharedCounter, UpstreamRequestContext,
 };
 
 use std::collections::BTreeMap;
