@@ -198,3 +198,100 @@ async fn compress_and_cache() {
     );
     assert_eq!(b.request_count(), 1, "the second GET came from the cache");
 }
+
+/// A `redis-server` on a free loopback port for one test.
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let ok = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is missing in CI: .ci/setup installs it"
+            );
+            eprintln!("note: redis-server not installed; skipping");
+            return None;
+        }
+        let port = switchyard_tests::free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not come up"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Some(Redis { child, port })
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_rate_limit_is_shared_by_two_gateways_and_survives_redis_loss() {
+    let Some(mut redis) = Redis::start() else {
+        return;
+    };
+    let b = Backend::start("b").await;
+    let store = format!(
+        "[session_store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{}\"\ntimeout = \"100ms\"\n",
+        redis.port
+    );
+    let text = format!(
+        "[[route]]\nname = \"f\"\npath_prefix = \"/\"\nupstream = \"u\"\nfilters = [ {{ kind = \"rate-limit\", requests_per_second = 1, burst = 60, key = \"route\", scope = \"cluster\" }} ]\n\n[[upstream]]\nname = \"u\"\nbackends = [ {{ addr = \"{}\" }} ]\n\n{store}",
+        b.addr_string()
+    );
+    let a = Gateway::start_simple("access_log = \"off\"", &text).await;
+    let c = Gateway::start_simple("access_log = \"off\"", &text).await;
+    // The fleet counts in fixed 60 s windows: start early in one.
+    loop {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        if ms % 60_000 < 50_000 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let mut ok = 0;
+    for i in 0..60 {
+        let gw = if i % 2 == 0 { &a } else { &c };
+        if gw.get("f.test", "/").await.status == 200 {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 60, "the burst of 60 is shared: 30 through each gateway");
+    let r = a.get("f.test", "/").await;
+    assert_eq!(
+        r.status, 429,
+        "the 61st request, through either gateway, is limited"
+    );
+    assert_eq!(c.get("f.test", "/").await.status, 429);
+    // Redis gone: the gateways fall back to local limits and never fail a request.
+    let _ = redis.child.kill();
+    let _ = redis.child.wait();
+    for _ in 0..5 {
+        let status = c.get("f.test", "/").await.status;
+        assert!(status == 200 || status == 429, "status {status}");
+    }
+}
