@@ -46,6 +46,9 @@ pub use http;
 
 pub mod filter;
 
+pub mod duration;
+
+pub use duration::{parse_duration, ConfigDuration};
 pub use filter::{
     BodyChunk, CounterError, Filter, FilterChain, FilterError, FilterFactory, Flow, HeaderEditor,
     Hooks, RequestContext, RequestHeadEditor, RequestInfo, Response, ResponseContext,

@@ -1,71 +1,10 @@
 //! Small pieces the filters share: durations written as strings, cookie lookup, header
 //! name and value checks.
 
-use std::fmt;
-use std::time::Duration;
-
 use http::header::{HeaderName, HeaderValue, COOKIE};
 use http::HeaderMap;
-use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
 
-/// A duration written as a string with a unit, as everywhere in the configuration:
-/// `"250ms"`, `"5s"`, `"2m"`, `"1h"`.
-///
-/// ```
-/// use std::time::Duration;
-/// use switchyard_filters::ConfigDuration;
-///
-/// let d: ConfigDuration = serde_json::from_value(serde_json::json!("10m")).unwrap();
-/// assert_eq!(d.0, Duration::from_secs(600));
-/// assert!(serde_json::from_value::<ConfigDuration>(serde_json::json!("10")).is_err());
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub struct ConfigDuration(pub Duration);
-
-/// Parse `"250ms"`, `"5s"`, `"2m"`, `"1h"`: a whole number and one unit.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let expected = || {
-        format!(
-            "invalid duration \"{text}\": expected a whole number with a unit, like \"250ms\", \"5s\", \"2m\" or \"1h\""
-        )
-    };
-    let n: u64 = number.parse().map_err(|_| expected())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => n
-            .checked_mul(60)
-            .map(Duration::from_secs)
-            .ok_or_else(expected),
-        "h" => n
-            .checked_mul(3600)
-            .map(Duration::from_secs)
-            .ok_or_else(expected),
-        _ => Err(expected()),
-    }
-}
-
-impl<'de> Deserialize<'de> for ConfigDuration {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = ConfigDuration;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a duration string like \"250ms\", \"5s\", \"2m\" or \"1h\"")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                parse_duration(v).map(ConfigDuration).map_err(E::custom)
-            }
-        }
-        deserializer.deserialize_str(V)
-    }
-}
+pub use switchyard_plugin::duration::{parse_duration, ConfigDuration};
 
 /// The value of cookie `name` in the request's `Cookie` headers (surrounding double
 /// quotes removed), if present.
@@ -127,25 +66,6 @@ pub(crate) fn add_vary(headers: &mut dyn switchyard_plugin::HeaderEditor, token:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration(" 2m ").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        for bad in [
-            "",
-            "s",
-            "5",
-            "5 s",
-            "-1s",
-            "1.5s",
-            "5d",
-            "99999999999999999999h",
-        ] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn cookies() {
