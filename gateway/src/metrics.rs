@@ -6,14 +6,39 @@
 //! the shared state when `/metrics` is scraped, so the request path does not touch them.
 
 use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::state::Runtime;
+
+/// The metric children one route's requests update, found once per configuration
+/// (the route's labels never change within one).
+#[derive(Default)]
+pub struct RouteMetrics {
+    /// `switchyard_request_duration_seconds{route, upstream}` of the route.
+    duration: OnceLock<Histogram>,
+    /// `switchyard_requests_total` children by (backend index, status).
+    requests: RwLock<Vec<(u32, u16, IntCounter)>>,
+}
+
+impl RouteMetrics {
+    /// Distinct (backend, status) pairs cached per route; rarer ones are looked up each time.
+    const MAX_CACHED: usize = 64;
+}
+
+impl std::fmt::Debug for RouteMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteMetrics")
+            .field("cached", &self.requests.read().len())
+            .finish()
+    }
+}
 
 /// What went wrong talking to a backend (`switchyard_upstream_errors_total{kind}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +235,54 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
+    /// Count one answered request of a route, through the route's cache of metric children:
+    /// after the first request of each (backend, status), an update is two atomic adds and
+    /// a short scan, instead of hashing four label values and looking them up each time.
+    /// `backend` is the backend's index in the route's upstream (`None`: not reached).
+    #[allow(clippy::too_many_arguments)]
+    pub fn route_request(
+        &self,
+        cache: &RouteMetrics,
+        route: &str,
+        upstream: &str,
+        backend: Option<usize>,
+        backend_label: &str,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        let key = backend.map_or(u32::MAX, |b| u32::try_from(b).unwrap_or(u32::MAX - 1));
+        let counted = {
+            let known = cache.requests.read();
+            match known.iter().find(|(b, s, _)| *b == key && *s == status) {
+                Some((_, _, counter)) => {
+                    counter.inc();
+                    true
+                }
+                None => false,
+            }
+        };
+        if !counted {
+            let mut buf = itoa::Buffer::new();
+            let counter = self.requests.with_label_values(&[
+                route,
+                upstream,
+                backend_label,
+                buf.format(status),
+            ]);
+            counter.inc();
+            let mut known = cache.requests.write();
+            if known.len() < RouteMetrics::MAX_CACHED
+                && !known.iter().any(|(b, s, _)| *b == key && *s == status)
+            {
+                known.push((key, status, counter));
+            }
+        }
+        cache
+            .duration
+            .get_or_init(|| self.duration.with_label_values(&[route, upstream]))
+            .observe(elapsed.as_secs_f64());
+    }
+
     /// Count a failure talking to a backend.
     pub fn upstream_error(&self, upstream: &str, backend: &str, kind: UpstreamErrorKind) {
         self.upstream_errors
@@ -287,6 +360,31 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_route_counts_match_the_labels() {
+        let m = Metrics::new();
+        let cache = RouteMetrics::default();
+        let b0 = "127.0.0.1:9001";
+        let b1 = "127.0.0.1:9002";
+        let ms = Duration::from_millis(2);
+        for _ in 0..3 {
+            m.route_request(&cache, "users", "pool", Some(0), b0, 200, ms);
+        }
+        m.route_request(&cache, "users", "pool", Some(1), b1, 200, ms);
+        m.route_request(&cache, "users", "pool", Some(0), b0, 503, ms);
+        m.route_request(&cache, "users", "pool", None, "none", 503, ms);
+        // The uncached path and the cache update the same children.
+        m.request("users", "pool", b0, 200, ms);
+        let get = |b: &str, s: &str| m.requests.with_label_values(&["users", "pool", b, s]).get();
+        assert_eq!(get(b0, "200"), 4);
+        assert_eq!(get(b1, "200"), 1);
+        assert_eq!(get(b0, "503"), 1);
+        assert_eq!(get("none", "503"), 1);
+        assert_eq!(cache.requests.read().len(), 4);
+        let hist = m.duration.with_label_values(&["users", "pool"]);
+        assert_eq!(hist.get_sample_count(), 7);
+    }
 
     #[test]
     fn counts_show_in_the_text_format() {

@@ -480,20 +480,25 @@ impl ProxyHttp for Gateway {
             log::debug!("upstream {}: no eligible backend", upstream.name);
             return Error::e_explain(ErrorType::HTTPStatus(503), "no eligible backend");
         };
+        // One clock read for everything below (each costs tens of nanoseconds here).
+        let now = Instant::now();
         if ctx.attempts == 0 {
             upstream
                 .retry_budget
-                .record_request(crate::retry_budget::now_secs());
+                .record_request(crate::retry_budget::secs_at(now));
         }
         ctx.attempts += 1;
         ctx.backend = Some(idx);
         let backend = &upstream.backends[idx];
         // A retry moves the request to another backend: the failed attempt is over.
         if let (Some(prev), Some(t)) = (ctx.dispatched_to.take(), ctx.dispatched.take()) {
-            upstream.backends[prev].plugin.load.finish(t.elapsed());
+            upstream.backends[prev]
+                .plugin
+                .load
+                .finish_at(now.saturating_duration_since(t), now);
         }
         backend.plugin.load.start();
-        ctx.dispatched = Some(Instant::now());
+        ctx.dispatched = Some(now);
         ctx.dispatched_to = Some(idx);
         Ok(Box::new(backend.peer.clone()))
     }
@@ -844,15 +849,17 @@ impl ProxyHttp for Gateway {
             .as_ref()
             .zip(ctx.backend)
             .map(|(u, i)| &u.backends[i]);
+        // One clock read for the load, the passive health and the metrics.
+        let now = Instant::now();
         if let (Some(b), Some(t)) = (backend, ctx.dispatched) {
-            let elapsed = t.elapsed();
-            b.plugin.load.finish(elapsed);
+            let elapsed = now.saturating_duration_since(t);
+            b.plugin.load.finish_at(elapsed, now);
             let ok = e.is_none() && status < 500;
             if let (Some(u), Some(i)) = (&ctx.upstream, ctx.backend) {
                 u.balancer
                     .release(i, &switchyard_plugin::Outcome { elapsed, ok });
                 if let Some(o) = crate::health::PassiveOutcome::of_request(e, ctx.upstream_status) {
-                    if u.record_outcome(i, o) {
+                    if u.record_outcome_at(i, o, now) {
                         self.shared.metrics.ejection(&u.name, &u.backends[i].addr);
                     }
                 }
@@ -876,13 +883,29 @@ impl ProxyHttp for Gateway {
             }
         }
         if status > 0 {
-            self.shared.metrics.request(
-                ctx.route_name().unwrap_or("none"),
-                upstream_name,
-                backend_label,
-                status,
-                ctx.start.elapsed(),
-            );
+            let total = now.saturating_duration_since(ctx.start);
+            let cache = ctx
+                .route
+                .zip(ctx.runtime.as_ref())
+                .and_then(|(r, rt)| rt.route_metrics.get(r));
+            match cache {
+                Some(cache) => self.shared.metrics.route_request(
+                    cache,
+                    ctx.route_name().unwrap_or("none"),
+                    upstream_name,
+                    reached.and(ctx.backend),
+                    backend_label,
+                    status,
+                    total,
+                ),
+                None => self.shared.metrics.request(
+                    ctx.route_name().unwrap_or("none"),
+                    upstream_name,
+                    backend_label,
+                    status,
+                    total,
+                ),
+            }
         }
         if !self.shared.access_log.enabled() {
             return;

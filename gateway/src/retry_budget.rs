@@ -17,7 +17,12 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 /// Whole seconds since the process's first use of the budget.
 pub fn now_secs() -> u64 {
-    EPOCH.elapsed().as_secs()
+    secs_at(Instant::now())
+}
+
+/// Whole seconds from the process's first use of the budget to `at`.
+pub fn secs_at(at: Instant) -> u64 {
+    at.saturating_duration_since(*EPOCH).as_secs()
 }
 
 #[derive(Debug, Default)]

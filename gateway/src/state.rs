@@ -28,6 +28,8 @@ pub struct Runtime {
     pub affinity: Vec<Option<Arc<Affinity>>>,
     /// `[session_store]`, as the session store crate takes it.
     pub session_store: SessionStoreConfig,
+    /// Per route (same order as `routes`): the metric children its requests update.
+    pub route_metrics: Vec<crate::metrics::RouteMetrics>,
 }
 
 /// Everything the gateway's services share.
@@ -106,8 +108,10 @@ pub fn compile(
                 .transpose()
         })
         .collect::<Result<Vec<_>, String>>()?;
+    let route_metrics = routes.routes().iter().map(|_| Default::default()).collect();
     Ok(Runtime {
         config,
+        route_metrics,
         routes,
         upstreams,
         affinity,

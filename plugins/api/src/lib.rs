@@ -171,11 +171,17 @@ impl BackendLoad {
 
     /// Count a request as finished and fold its duration into the response-time EWMA.
     pub fn finish(&self, elapsed: Duration) {
+        self.finish_at(elapsed, Instant::now());
+    }
+
+    /// [`finish`](Self::finish), the response received at `at` (for a caller that has
+    /// already read the clock).
+    pub fn finish_at(&self, elapsed: Duration, at: Instant) {
         // Saturating decrement: a stray finish never wraps the counter.
         let _ = self
             .in_flight
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
-        self.observe(elapsed);
+        self.observe_at(elapsed, at);
     }
 
     /// Fold one response time into the EWMA (weight 1/8 for the new sample, as TCP's SRTT)
