@@ -29,8 +29,10 @@ use tokio::time::{timeout, Instant, Sleep};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 
-/// Initial capacity of the buffer a request head is read into (most heads fit).
-const HEAD_BUFFER: usize = 1024;
+/// The first read of each request head goes through a stack buffer this large, so that an
+/// idle keep-alive connection holds no head buffer at all; a longer head continues in the
+/// heap buffer.
+const FIRST_READ: usize = 4096;
 
 /// Client-side limits of a listener.
 #[derive(Debug, Clone, Copy)]
@@ -119,8 +121,8 @@ impl ServerApp for Frontend {
         let timer = tokio::time::sleep(limits.header_timeout);
         tokio::pin!(timer);
         loop {
-            // Small enough that an idle keep-alive connection holds little; a larger head grows it.
-            let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
+            // Empty until the head's first bytes arrive (see `read_first_or_expire`).
+            let mut buf = BytesMut::new();
             let started = Instant::now();
             let outcome = read_head(
                 &mut stream,
@@ -217,7 +219,7 @@ where
         limits.idle_timeout
     };
     timer.as_mut().reset(now + wait);
-    match read_or_expire(stream, buf, timer.as_mut()).await {
+    match read_first_or_expire(stream, buf, timer.as_mut()).await {
         Some(Ok(0)) | Some(Err(_)) => return Head::Closed,
         Some(Ok(_)) => {}
         None if first => return Head::TimedOut,
@@ -246,13 +248,40 @@ where
         }
         scanned = buf.len().saturating_sub(3);
         if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(buf.len().min(limits.max_header_bytes));
+            buf.reserve(buf.len().max(1024).min(limits.max_header_bytes));
         }
         match read_or_expire(stream, buf, timer.as_mut()).await {
             Some(Ok(0)) | Some(Err(_)) => return Head::Closed,
             Some(Ok(_)) => {}
             None => return Head::TimedOut,
         }
+    }
+}
+
+/// Wait for the first bytes of a head and put them in the empty `buf`, or `None` when
+/// `timer` fires first. Each poll reads into a buffer on the thread's stack, so a
+/// connection that waits holds no buffer of its own (an idle keep-alive connection would
+/// otherwise keep one for as long as it stays open); the bytes that came are then copied
+/// into a heap buffer of their size, which pingora goes on to parse.
+async fn read_first_or_expire<S>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    timer: Pin<&mut Sleep>,
+) -> Option<std::io::Result<usize>>
+where
+    S: tokio::io::AsyncRead + Unpin + ?Sized,
+{
+    let first = std::future::poll_fn(|cx| {
+        let mut space = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut read = tokio::io::ReadBuf::uninit(&mut space);
+        std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut read))?;
+        buf.extend_from_slice(read.filled());
+        std::task::Poll::Ready(Ok(read.filled().len()))
+    });
+    tokio::select! {
+        biased;
+        read = first => Some(read),
+        () = timer => None,
     }
 }
 
@@ -479,6 +508,60 @@ mod tests {
         )
         .is_err());
         assert!(check("GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn heads_longer_than_the_first_read_and_split_heads_complete() {
+        let limits = ClientLimits {
+            max_header_bytes: 16 * 1024,
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let timer = tokio::time::sleep(limits.header_timeout);
+        tokio::pin!(timer);
+
+        // Longer than the stack buffer of the first read: finished in the heap buffer.
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let long = format!("GET / HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(6000));
+        client.write_all(long.as_bytes()).await.unwrap();
+        let mut buf = BytesMut::new();
+        let got = read_head(
+            &mut server,
+            &mut buf,
+            &limits,
+            true,
+            &rx,
+            Instant::now(),
+            timer.as_mut(),
+        );
+        assert_eq!(got.await, Head::Complete);
+        assert_eq!(&buf[..], long.as_bytes());
+
+        // A keep-alive head in two pieces, with the body's first bytes after it.
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let writer = tokio::spawn(async move {
+            client.write_all(b"POST /x HTTP/1.1\r\nHo").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            client
+                .write_all(b"st: a\r\nContent-Length: 4\r\n\r\nab")
+                .await
+                .unwrap();
+            client
+        });
+        let mut buf = BytesMut::new();
+        let got = read_head(
+            &mut server,
+            &mut buf,
+            &limits,
+            false,
+            &rx,
+            Instant::now(),
+            timer.as_mut(),
+        );
+        assert_eq!(got.await, Head::Complete);
+        assert!(buf.starts_with(b"POST /x HTTP/1.1\r\nHost: a\r\n"));
+        drop(writer.await.unwrap());
     }
 
     #[tokio::test]
