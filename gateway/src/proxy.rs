@@ -219,6 +219,12 @@ fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     if present == 0 {
         return;
     }
+    let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    if present == HOP_CONNECTION && !switching && connection_names_nothing(resp) {
+        // Only `Connection: keep-alive` or `close`: pingora writes its own Connection header
+        // over it when it sends the head, so there is nothing to remove.
+        return;
+    }
     if present & HOP_CONNECTION != 0 {
         let nominated: Vec<HeaderName> = resp
             .headers
@@ -244,7 +250,6 @@ fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
             resp.remove_header(&n);
         }
     }
-    let switching = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
     if !switching {
         if present & HOP_CONNECTION != 0 {
             resp.remove_header(&header::CONNECTION);
@@ -265,6 +270,20 @@ fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     if present & HOP_TRAILER != 0 {
         resp.remove_header(&header::TRAILER);
     }
+}
+
+/// Whether every `Connection` token is `keep-alive` or `close` (it nominates no header).
+fn connection_names_nothing(resp: &ResponseHeader) -> bool {
+    resp.headers.get_all(header::CONNECTION).iter().all(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .map(|t| t.trim_ascii())
+            .all(|t| {
+                t.is_empty()
+                    || t.eq_ignore_ascii_case(b"keep-alive")
+                    || t.eq_ignore_ascii_case(b"close")
+            })
+    })
 }
 
 const HOP_CONNECTION: u8 = 1;
