@@ -6,7 +6,10 @@
 #   benches/load.sh --body 1m       the backend answers 1 MiB instead
 #
 # Environment:
-#   DURATION=10s          length of each measured wrk run (two runs per proxy)
+#   DURATION=10s          length of each measured wrk run
+#   PASSES=2              measured passes over the proxies, in alternating order (one run of
+#                         each proxy per pass); more passes average out a noisy machine, and
+#                         the gateway / bare ratio is also printed per pass
 #   WARMUP=2s             wrk warm-up of each proxy before the measured runs
 #   CONNECTIONS=64        wrk connections
 #   GATEWAY_BIN=...       gateway binary (default target/release/gateway, built if missing)
@@ -38,6 +41,8 @@ done
 case "$BODY" in small|1m|1M) ;; *) echo "--body must be small or 1m" >&2; exit 2 ;; esac
 
 DURATION="${DURATION:-10s}"
+PASSES="${PASSES:-2}"
+case "$PASSES" in ''|*[!0-9]*|0|1) echo "error: PASSES must be a whole number of at least 2" >&2; exit 2 ;; esac
 WARMUP="${WARMUP:-2s}"
 CONNECTIONS="${CONNECTIONS:-64}"
 GATEWAY_BIN="${GATEWAY_BIN:-$ROOT/target/release/gateway}"
@@ -377,25 +382,37 @@ fi
 echo "warm-up..." >&2
 for p in "${PROXIES[@]}"; do run_wrk "$p" "$WARM_S" "$TMP/warm-$p.txt"; done
 
-ORDER1=("${PROXIES[@]}")
-ORDER2=()
-for (( i=${#PROXIES[@]}-1; i>=0; i-- )); do ORDER2+=("${PROXIES[$i]}"); done
-echo "pass 1 (${ORDER1[*]}):" >&2
-for p in "${ORDER1[@]}"; do bench_one "$p" 1; done
-echo "pass 2 (${ORDER2[*]}):" >&2
-for p in "${ORDER2[@]}"; do bench_one "$p" 2; done
+REVERSED=()
+for (( i=${#PROXIES[@]}-1; i>=0; i-- )); do REVERSED+=("${PROXIES[$i]}"); done
+for (( n=1; n<=PASSES; n++ )); do
+  if (( n % 2 )); then ORDER=("${PROXIES[@]}"); else ORDER=("${REVERSED[@]}"); fi
+  echo "pass $n (${ORDER[*]}):" >&2
+  for p in "${ORDER[@]}"; do bench_one "$p" "$n"; done
+done
 
-mean() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.2f", (a+b)/2}'; }
+mean_of() { # proxy, array name (RPS or P99) -> mean over the passes
+  local p="$1" v="" n
+  for (( n=1; n<=PASSES; n++ )); do
+    if [ "$2" = RPS ]; then v+="${RPS[$p,$n]} "; else v+="${P99[$p,$n]} "; fi
+  done
+  awk -v v="$v" 'BEGIN{k=split(v,a," "); s=0; for(i=1;i<=k;i++) s+=a[i]; printf "%.2f", s/k}'
+}
 declare -A MRPS MP99
 echo
-echo "== load: $BODY_DESC, $CONNECTIONS connections, 2 x $DURATION per proxy (mean of the two runs) =="
-printf '%-14s %12s %12s %12s %10s %9s %8s\n' proxy "req/s mean" "req/s run1" "req/s run2" "p99 ms" "proxy CPU" errors
+echo "== load: $BODY_DESC, $CONNECTIONS connections, $PASSES x $DURATION per proxy (mean of the runs) =="
+printf '%-14s %12s %12s %12s %10s %9s %8s\n' proxy "req/s mean" "req/s min" "req/s max" "p99 ms" "proxy CPU" errors
 for p in "${PROXIES[@]}"; do
-  MRPS[$p]="$(mean "${RPS[$p,1]}" "${RPS[$p,2]}")"
-  MP99[$p]="$(mean "${P99[$p,1]}" "${P99[$p,2]}")"
+  MRPS[$p]="$(mean_of "$p" RPS)"
+  MP99[$p]="$(mean_of "$p" P99)"
+  lo=""; hi=""; cpu=0; errs=0
+  for (( n=1; n<=PASSES; n++ )); do
+    r="${RPS[$p,$n]}"
+    if [ -z "$lo" ] || awk -v a="$r" -v b="$lo" 'BEGIN{exit !(a<b)}'; then lo="$r"; fi
+    if [ -z "$hi" ] || awk -v a="$r" -v b="$hi" 'BEGIN{exit !(a>b)}'; then hi="$r"; fi
+    cpu=$(( cpu + ${CPU[$p,$n]} )); errs=$(( errs + ${ERRS[$p,$n]} ))
+  done
   printf '%-14s %12.0f %12.0f %12.0f %10.2f %8s%% %8s\n' "$(label_of "$p")" "${MRPS[$p]}" \
-    "${RPS[$p,1]}" "${RPS[$p,2]}" "${MP99[$p]}" "$(( (${CPU[$p,1]} + ${CPU[$p,2]}) / 2 ))" \
-    "$(( ${ERRS[$p,1]} + ${ERRS[$p,2]} ))"
+    "$lo" "$hi" "${MP99[$p]}" "$(( cpu / PASSES ))" "$errs"
 done
 echo
 ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN{ if (a == "" || b+0 == 0) print "n/a"; else printf "%.2f", a/b }'; }
@@ -404,11 +421,16 @@ printf '%-22s %8s %8s\n' "gateway / nginx" "$(ratio "${MRPS[gateway]:-}" "${MRPS
 printf '%-22s %8s %8s\n' "gateway / haproxy" "$(ratio "${MRPS[gateway]:-}" "${MRPS[haproxy]:-}")" "$(ratio "${MP99[gateway]:-}" "${MP99[haproxy]:-}")"
 if want bare; then
   printf '%-22s %8s %8s\n' "gateway / bare pingora" "$(ratio "${MRPS[gateway]:-}" "${MRPS[bare]:-}")" "$(ratio "${MP99[gateway]:-}" "${MP99[bare]:-}")"
+  if want gateway; then
+    per=""
+    for (( n=1; n<=PASSES; n++ )); do per+="$(ratio "${RPS[gateway,$n]}" "${RPS[bare,$n]}") "; done
+    echo "gateway / bare pingora req/s per pass: $per"
+  fi
 fi
 echo "(req/s ratio above 1: gateway faster; p99 ratio below 1: gateway's tail shorter)"
 low=()
 for p in "${PROXIES[@]}"; do
-  for n in 1 2; do [ "${CPU[$p,$n]}" -lt 90 ] && { low+=("$(label_of "$p") run $n: ${CPU[$p,$n]}%"); }; done
+  for (( n=1; n<=PASSES; n++ )); do [ "${CPU[$p,$n]}" -lt 90 ] && { low+=("$(label_of "$p") run $n: ${CPU[$p,$n]}%"); }; done
 done
 if [ ${#low[@]} -gt 0 ]; then
   echo "warning: proxy CPU below 90% in: ${low[*]}"
