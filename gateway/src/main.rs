@@ -11,6 +11,10 @@ use switchyard_gateway::{demo, server};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Switchyard: a programmable edge gateway built on pingora.
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version)]
