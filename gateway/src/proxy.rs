@@ -975,10 +975,16 @@ pub fn add_forwarding_headers(
     tls: bool,
     request_id: Option<&HeaderValue>,
 ) -> Result<()> {
-    let origin_form = req.raw_path_is_utf8()
-        && req.uri.authority().is_none()
-        && req.uri.path_and_query().map(|p| p.as_str().as_bytes()) == Some(req.raw_path());
-    let raw_target = (!origin_form).then(|| req.raw_path().to_vec());
+    // pingora keeps a separate copy of the target only when the URI cannot reproduce it
+    // (absolute-form, CONNECT, not UTF-8); otherwise `raw_path` points into the URI itself,
+    // which the rebuilt request keeps whole.
+    let raw = req.raw_path();
+    let in_uri = |part: Option<&str>| part.is_some_and(|p| p.as_ptr() == raw.as_ptr());
+    let target_is_uri = raw.is_empty()
+        || (req.raw_path_is_utf8()
+            && (in_uri(req.uri.path_and_query().map(|p| p.as_str()))
+                || in_uri(req.uri.authority().map(|a| a.as_str()))));
+    let raw_target = (!target_is_uri).then(|| raw.to_vec());
     let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
     let mut parts: http::request::Parts = std::mem::replace(req, placeholder).into();
     let headers = &mut parts.headers;
@@ -1221,6 +1227,21 @@ mod tests {
         // pingora keeps only the path of an absolute-form URI: the host comes from Host.
         assert!(req.headers.get("x-forwarded-host").is_none());
         assert_eq!(req.headers.get("x-forwarded-proto").unwrap(), "http");
+    }
+
+    #[test]
+    fn a_uri_with_authority_is_kept_whole() {
+        // As pingora builds an HTTP/2 request: the URI carries the authority.
+        let parts = http::Request::get("https://example.com/p?q=1")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut req = RequestHeader::from(parts);
+        add_forwarding_headers(&mut req, None, false, true, None).unwrap();
+        assert_eq!(req.uri.authority().unwrap().as_str(), "example.com");
+        assert_eq!(req.raw_path(), b"/p?q=1");
+        assert_eq!(req.headers.get("x-forwarded-host").unwrap(), "example.com");
     }
 
     #[test]

@@ -22,12 +22,25 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The gateway binary: `$SWITCHYARD_GATEWAY` if set, else `<workspace>/target/debug/gateway`.
-/// Panics with what to do when it does not exist.
+/// The gateway binary: `$SWITCHYARD_GATEWAY` if set, else `debug/gateway` in cargo's target
+/// directory (`$CARGO_TARGET_DIR`, or `<workspace>/target`). Panics with what to do when it
+/// does not exist.
 pub fn gateway_bin() -> PathBuf {
     let path = match std::env::var_os("SWITCHYARD_GATEWAY") {
         Some(p) => PathBuf::from(p),
-        None => workspace_root().join("target/debug/gateway"),
+        None => {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .map(|t| {
+                    if t.is_relative() {
+                        workspace_root().join(t)
+                    } else {
+                        t
+                    }
+                })
+                .unwrap_or_else(|| workspace_root().join("target"));
+            target.join("debug/gateway")
+        }
     };
     if !path.is_file() {
         panic!(

@@ -2,7 +2,7 @@
 //! in-process HTTP/1.1 test backends that record what they receive, and a raw HTTP/1.1
 //! client that sends exact bytes and bounds every read with a timeout.
 //!
-//! The binary is `$SWITCHYARD_GATEWAY` when set, else `<workspace>/target/debug/gateway`
+//! The binary is `$SWITCHYARD_GATEWAY` when set, else `debug/gateway` in cargo's target dir
 //! (build it with `cargo build --bin gateway`).
 
 mod backend;
