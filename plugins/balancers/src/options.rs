@@ -7,6 +7,7 @@
 //! the options use.
 
 use std::time::Duration;
+use switchyard_plugin::duration::parse_duration;
 
 use switchyard_plugin::{BuildError, HashKey};
 
@@ -56,40 +57,9 @@ pub(crate) fn check(
     Ok(None)
 }
 
-/// Parse a duration written as a whole or decimal number and a unit: `ms`, `s`, `m` or
-/// `h` (`"250ms"`, `"5s"`, `"1.5s"`, `"2m"`, `"1h"`). `None` for anything else.
-///
-/// ```
-/// use std::time::Duration;
-/// use switchyard_balancers::options::parse_duration;
-///
-/// assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-/// assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-/// assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-/// assert_eq!(parse_duration("10"), None);
-/// ```
-pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let unit_secs = match unit {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return None,
-    };
-    if number.is_empty() || number.starts_with('.') || number.ends_with('.') {
-        return None;
-    }
-    let value: f64 = number.parse().ok()?;
-    Duration::try_from_secs_f64(value * unit_secs).ok()
-}
-
 /// A duration option inside a table: absent or null gives `default`; anything but a
-/// string `parse_duration` accepts is an error naming `what`.
+/// duration string as the rest of the configuration writes them
+/// ([`switchyard_plugin::duration::parse_duration`]) is an error naming `what`.
 pub(crate) fn duration_field(
     table: &serde_json::Map<String, serde_json::Value>,
     key: &str,
@@ -98,12 +68,9 @@ pub(crate) fn duration_field(
 ) -> Result<Duration, BuildError> {
     match table.get(key) {
         None | Some(serde_json::Value::Null) => Ok(default),
-        Some(serde_json::Value::String(text)) => parse_duration(text).ok_or_else(|| {
-            BuildError(format!(
-                "{what}.{key} {text:?} is not a duration: write a number and a unit, \
-                 ms, s, m or h (\"250ms\", \"5s\", \"2m\", \"1h\")"
-            ))
-        }),
+        Some(serde_json::Value::String(text)) => {
+            parse_duration(text).map_err(|e| BuildError(format!("{what}.{key}: {e}")))
+        }
         Some(other) => Err(BuildError(format!(
             "{what}.{key} must be a duration string such as \"5s\", not {other}"
         ))),
@@ -116,15 +83,16 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
-        assert_eq!(parse_duration(" 5s "), Some(Duration::from_secs(5)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        for bad in [
-            "", "s", "5", "5 s", "-5s", "5sec", ".5s", "5.s", "1.2.3s", "5d", "1e3s",
-        ] {
-            assert_eq!(parse_duration(bad), None, "{bad:?}");
-        }
+    fn duration_fields() {
+        let table = json!({"ok": "250ms", "decimal": "1.5s", "number": 5});
+        let table = table.as_object().unwrap();
+        let d = |key| duration_field(table, key, "upstream.options", Duration::from_secs(9));
+        assert_eq!(d("ok").unwrap(), Duration::from_millis(250));
+        assert_eq!(d("absent").unwrap(), Duration::from_secs(9));
+        let err = d("decimal").unwrap_err().0;
+        assert!(err.starts_with("upstream.options.decimal: "), "{err}");
+        assert!(err.contains("\"250ms\""), "{err}");
+        assert!(d("number").unwrap_err().0.contains("duration string"));
     }
 
     #[test]

@@ -281,7 +281,7 @@ mod tests {
                 "resource.paht is not a setting",
             ),
             (json!({"resource": {"path": "load"}}), "starting with '/'"),
-            (json!({"resource": {"interval": "2 s"}}), "not a duration"),
+            (json!({"resource": {"interval": "2 s"}}), "invalid duration"),
             (
                 json!({"resource": {"max_age": 10}}),
                 "must be a duration string",
