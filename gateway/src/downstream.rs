@@ -510,6 +510,29 @@ mod tests {
         assert!(check("GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n").is_err());
     }
 
+    /// Read one head from a client that sent `sent` and keeps its connection open.
+    async fn head_after(sent: &[u8], limits: &ClientLimits, first: bool) -> (Head, BytesMut) {
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let timer = tokio::time::sleep(limits.header_timeout);
+        tokio::pin!(timer);
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client.write_all(sent).await.unwrap();
+        let mut buf = BytesMut::new();
+        let now = Instant::now();
+        let head = read_head(
+            &mut server,
+            &mut buf,
+            limits,
+            first,
+            &rx,
+            now,
+            timer.as_mut(),
+        )
+        .await;
+        drop(client);
+        (head, buf)
+    }
+
     #[tokio::test]
     async fn heads_longer_than_the_first_read_and_split_heads_complete() {
         let limits = ClientLimits {
@@ -517,28 +540,16 @@ mod tests {
             header_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(5),
         };
-        let (_tx, rx) = tokio::sync::watch::channel(false);
-        let timer = tokio::time::sleep(limits.header_timeout);
-        tokio::pin!(timer);
-
         // Longer than the stack buffer of the first read: finished in the heap buffer.
-        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
         let long = format!("GET / HTTP/1.1\r\nX-Long: {}\r\n\r\n", "a".repeat(6000));
-        client.write_all(long.as_bytes()).await.unwrap();
-        let mut buf = BytesMut::new();
-        let got = read_head(
-            &mut server,
-            &mut buf,
-            &limits,
-            true,
-            &rx,
-            Instant::now(),
-            timer.as_mut(),
-        );
-        assert_eq!(got.await, Head::Complete);
+        let (head, buf) = head_after(long.as_bytes(), &limits, true).await;
+        assert_eq!(head, Head::Complete);
         assert_eq!(&buf[..], long.as_bytes());
 
         // A keep-alive head in two pieces, with the body's first bytes after it.
+        let (_tx, rx) = tokio::sync::watch::channel(false);
+        let timer = tokio::time::sleep(limits.header_timeout);
+        tokio::pin!(timer);
         let (mut client, mut server) = tokio::io::duplex(64 * 1024);
         let writer = tokio::spawn(async move {
             client.write_all(b"POST /x HTTP/1.1\r\nHo").await.unwrap();
@@ -550,13 +561,14 @@ mod tests {
             client
         });
         let mut buf = BytesMut::new();
+        let now = Instant::now();
         let got = read_head(
             &mut server,
             &mut buf,
             &limits,
             false,
             &rx,
-            Instant::now(),
+            now,
             timer.as_mut(),
         );
         assert_eq!(got.await, Head::Complete);
@@ -571,65 +583,14 @@ mod tests {
             header_timeout: Duration::from_millis(200),
             idle_timeout: Duration::from_secs(5),
         };
-        let (_tx, rx) = tokio::sync::watch::channel(false);
-        let timer = tokio::time::sleep(limits.header_timeout);
-        tokio::pin!(timer);
-        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
-            .await
-            .unwrap();
-        let mut buf = BytesMut::new();
-        assert_eq!(
-            read_head(
-                &mut server,
-                &mut buf,
-                &limits,
-                true,
-                &rx,
-                Instant::now(),
-                timer.as_mut()
-            )
-            .await,
-            Head::TimedOut
-        );
-
-        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let partial = b"GET / HTTP/1.1\r\nHost: a\r\n";
+        assert_eq!(head_after(partial, &limits, true).await.0, Head::TimedOut);
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
-        client.write_all(big.as_bytes()).await.unwrap();
-        let mut buf = BytesMut::new();
         assert_eq!(
-            read_head(
-                &mut server,
-                &mut buf,
-                &limits,
-                true,
-                &rx,
-                Instant::now(),
-                timer.as_mut()
-            )
-            .await,
+            head_after(big.as_bytes(), &limits, true).await.0,
             Head::TooLarge
         );
-
-        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
-        client
-            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = BytesMut::new();
-        assert_eq!(
-            read_head(
-                &mut server,
-                &mut buf,
-                &limits,
-                true,
-                &rx,
-                Instant::now(),
-                timer.as_mut()
-            )
-            .await,
-            Head::Complete
-        );
+        let whole = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(head_after(whole, &limits, true).await.0, Head::Complete);
     }
 }

@@ -84,6 +84,35 @@ use switchyard_plugin::BackendLoad;
 /// slow-start ramps on.
 pub const MAINTENANCE_TICK: Duration = Duration::from_millis(250);
 
+/// Call `on_tick` every [`MAINTENANCE_TICK`] with the current runtime and whether it is a
+/// different one than at the previous tick (true the first time), until `shutdown` turns
+/// true or its sender goes away. The loop of the gateway's background services.
+pub async fn every_tick_until_shutdown(
+    shared: &Shared,
+    mut shutdown: ShutdownWatch,
+    mut on_tick: impl FnMut(&Arc<Runtime>, bool),
+) {
+    let mut seen: Option<Arc<Runtime>> = None;
+    let mut ticker = tokio::time::interval(MAINTENANCE_TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    break;
+                }
+            }
+            _ = ticker.tick() => {}
+        }
+        let runtime = shared.runtime.load_full();
+        let changed = seen.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &runtime));
+        on_tick(&runtime, changed);
+        if changed {
+            seen = Some(runtime);
+        }
+    }
+}
+
 /// The process-wide origin of the timestamps kept in backend state atomics.
 pub(crate) fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
@@ -708,30 +737,18 @@ impl HealthService {
     }
 
     /// Run until `shutdown` turns true (or its sender goes away).
-    async fn run(&self, mut shutdown: ShutdownWatch) {
+    async fn run(&self, shutdown: ShutdownWatch) {
         let mut probes = Probes::default();
-        let mut seen: Option<Arc<Runtime>> = None;
-        let mut ticker = tokio::time::interval(MAINTENANCE_TICK);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        break;
-                    }
-                }
-                _ = ticker.tick() => {}
-            }
-            let runtime = self.shared.runtime.load_full();
-            if seen.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &runtime)) {
+        every_tick_until_shutdown(&self.shared, shutdown, |runtime, changed| {
+            if changed {
                 probes.reconcile(&runtime.upstreams, &self.probe);
-                seen = Some(runtime.clone());
             }
             let now = tokio::time::Instant::now().into_std();
             for u in &runtime.upstreams {
                 u.maintain(now);
             }
-        }
+        })
+        .await;
         probes.abort_all();
     }
 }

@@ -3,7 +3,7 @@
 //! [`ResourceService`] is a pingora background service. For every upstream whose algorithm
 //! is `resource-based` (or that has a `resource` table, for a plugin algorithm reading the
 //! same reports) it keeps one poll task per backend, and follows reloads as
-//! [`crate::health`] does: every [`MAINTENANCE_TICK`] it looks at `shared.runtime` and,
+//! [`crate::health`] does: every [`MAINTENANCE_TICK`](crate::health::MAINTENANCE_TICK) it looks at `shared.runtime` and,
 //! when the runtime changed, starts tasks for new (upstream, backend, settings)
 //! combinations and stops the ones that went away.
 //!
@@ -43,7 +43,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::AbortHandle;
 
-use crate::health::MAINTENANCE_TICK;
+use crate::health::every_tick_until_shutdown;
 use crate::state::{Runtime, Shared};
 
 /// The largest load-report body accepted, in bytes (a report is a few dozen).
@@ -486,27 +486,15 @@ impl ResourceService {
     }
 
     /// Run until `shutdown` turns true (or its sender goes away).
-    async fn run(&self, mut shutdown: ShutdownWatch) {
+    async fn run(&self, shutdown: ShutdownWatch) {
         let mut polls = Polls::default();
-        let mut seen: Option<Arc<Runtime>> = None;
-        let mut ticker = tokio::time::interval(MAINTENANCE_TICK);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        break;
-                    }
-                }
-                _ = ticker.tick() => {}
-            }
-            let runtime = self.shared.runtime.load_full();
-            if seen.as_ref().is_none_or(|s| !Arc::ptr_eq(s, &runtime)) {
-                polls.reconcile(&runtime);
+        every_tick_until_shutdown(&self.shared, shutdown, |runtime, changed| {
+            if changed {
+                polls.reconcile(runtime);
                 log::debug!("resource polling: {} backends polled", polls.len());
-                seen = Some(runtime);
             }
-        }
+        })
+        .await;
         polls.abort_all();
     }
 }
