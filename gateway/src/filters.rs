@@ -26,9 +26,11 @@ use switchyard_plugin::{
     CounterError, HeaderEditor, RequestHeadEditor, Response, SessionAccess, SharedCounter,
 };
 
+use crate::proxy::X_REQUEST_ID;
 use crate::state::Shared;
 
-/// Pingora's request to the backend, as filters edit it (keeps header-name case).
+/// Pingora's request to the backend, as filters edit it (after the forwarding headers: see
+/// [`crate::proxy::add_forwarding_headers`]).
 pub struct UpstreamHead<'a>(pub &'a mut RequestHeader);
 
 impl HeaderEditor for UpstreamHead<'_> {
@@ -76,8 +78,6 @@ impl HeaderEditor for ResponseHead<'_> {
         self.0.remove_header(name);
     }
 }
-
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Send the answer a filter made (`Flow::Respond`): its headers, `Content-Length`, the
 /// request id; no body for `HEAD`. A request whose body was not read closes the connection

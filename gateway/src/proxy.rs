@@ -40,7 +40,8 @@ use switchyard_plugin::{
     UpstreamRequestContext,
 };
 
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Request-Id`, set on requests to backends and echoed on every answer.
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

@@ -1,4 +1,4 @@
-//! Configuration: the TOML file format ([`file`]), parsed section by section so that every
+//! Configuration: the TOML file format ([`file`](mod@file)), parsed section by section so that every
 //! error in the file is reported at once, then validated as a whole.
 //!
 //! Every error names `FILE:LINE:COLUMN` and what was expected (see [`ConfigError`]).

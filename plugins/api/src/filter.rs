@@ -22,8 +22,9 @@
 //!
 //! Headers of the request sent upstream and of the response are edited through
 //! [`HeaderEditor`] (and [`RequestHeadEditor`] for the request's URI): the gateway
-//! implements it over its own header types, which keep header-name case and cannot hand
-//! out a `&mut HeaderMap`. `http`'s [`HeaderMap`] and [`request::Parts`] implement it too,
+//! implements it over pingora's header types, which cannot hand out a `&mut HeaderMap`
+//! (the response keeps the backend's header-name case; the request sent upstream carries
+//! lowercase names, as from HAProxy or Envoy). `http`'s [`HeaderMap`] and [`request::Parts`] implement it too,
 //! for tests and for answers built with [`Response`].
 //!
 //! # Example: a filter that refuses `DELETE` and tags what it lets through
@@ -86,8 +87,8 @@ use http::{request, response, Extensions, HeaderMap, Method, StatusCode, Uri};
 
 /// Edits the headers of a request or response head the gateway owns.
 ///
-/// The gateway implements it over its own header types (which keep the case of header
-/// names); [`HeaderMap`], [`request::Parts`] and [`response::Parts`] implement it too.
+/// The gateway implements it over pingora's header types; [`HeaderMap`], [`request::Parts`]
+/// and [`response::Parts`] implement it too.
 pub trait HeaderEditor: Send {
     /// The headers as they are now.
     fn headers(&self) -> &HeaderMap;
