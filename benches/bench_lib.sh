@@ -167,7 +167,7 @@ ratio() { awk -v a="${1:-}" -v b="${2:-}" 'BEGIN{ if (a == "" || a == "-" || b =
 # gateway_check BIN CONF SECTION: runs `BIN -t -c CONF`. 0 when the config is accepted. 2 when
 # the binary does not know SECTION yet (then GATEWAY_SKIP says so); 1 on any other error
 # (GATEWAY_SKIP holds the errors).
-GATEWAY_SKIP=""
+export GATEWAY_SKIP=""  # read by the scripts that source this file
 gateway_check() {
   local out rc=0
   out="$("$1" -t -c "$2" 2>&1)" || rc=$?

@@ -65,7 +65,6 @@ want pdns && pkgs+=(pdns_server:pdns-server /usr/lib/x86_64-linux-gnu/pdns/libbi
 ensure_packages "${pkgs[@]}"
 DNSPERF="$(find_tool dnsperf)"; TASKSET="$(find_tool taskset)"; PYTHON="$(find_tool python3)"
 GDNSD="$(find_tool gdnsd || true)"; PDNS="$(find_tool pdns_server || true)"
-CURL="$(find_tool curl || true)"
 if want pdns && [ ! -e /usr/lib/x86_64-linux-gnu/pdns/libbindbackend.so ] && ! ls /usr/lib/*/pdns/libbindbackend.so >/dev/null 2>&1; then
   echo "error: PowerDNS's bind backend (Debian package pdns-backend-bind) is missing" >&2; exit 1
 fi
@@ -77,6 +76,7 @@ DUR_S="$(secs "$DURATION")"
 WARM_S="$(secs "$WARMUP")"
 
 make_tmp switchyard-dns
+declare -A PID_OF
 read -r P_GW P_ADMIN P_GDNSD P_GDNSD_S P_PDNS P_PDNS_S <<<"$(free_ports 6)"
 echo "$QNAME A" >"$TMP/queries.txt"
 
@@ -165,8 +165,8 @@ EOF
     keep=(); for s in "${SERVERS[@]}"; do [ "$s" = gateway ] || keep+=("$s"); done; SERVERS=("${keep[@]}")
   else
     "$TASKSET" -c 0 "$GATEWAY_BIN" -c "$G/gateway.toml" >"$G/gateway.log" 2>&1 &
-    PIDS+=($!); PID_GW=$!
-    wait_dns gateway "$P_GW" "$PID_GW" "$G/gateway.log"
+    PIDS+=($!); PID_OF[gateway]=$!
+    wait_dns gateway "$P_GW" "$!" "$G/gateway.log"
   fi
 fi
 [ ${#SERVERS[@]} -gt 0 ] || { echo "error: nothing left to measure" >&2; exit 1; }
@@ -208,7 +208,7 @@ EOF
     if [ "$name" = gdnsd ]; then echo "www   30 DYNA geoip!www"; else echo "www   30 IN A $GEO_ADDR"; fi
   } >"$d/zones/$ZONE"
   "$TASKSET" -c 0 "$GDNSD" -c "$d" start >"$d/gdnsd.log" 2>&1 &
-  PIDS+=($!); eval "PID_${name//-/_}=$!"
+  PIDS+=($!); PID_OF[$name]=$!
   wait_dns "$name" "$port" "$!" "$d/gdnsd.log"
 }
 
@@ -241,7 +241,7 @@ EOF
     else echo "www   30 IN A $GEO_ADDR"; fi
   } >"$d/$ZONE.zone"
   "$TASKSET" -c 0 "$PDNS" --config-dir="$d" >"$d/pdns.log" 2>&1 &
-  PIDS+=($!); eval "PID_${name//-/_}=$!"
+  PIDS+=($!); PID_OF[$name]=$!
   wait_dns "$name" "$port" "$!" "$d/pdns.log"
 }
 
@@ -256,7 +256,7 @@ for s in "${SERVERS[@]}"; do
 done
 
 port_of() { case "$1" in gateway) echo "$P_GW";; gdnsd) echo "$P_GDNSD";; gdnsd-static) echo "$P_GDNSD_S";; pdns) echo "$P_PDNS";; pdns-static) echo "$P_PDNS_S";; esac; }
-pid_of() { case "$1" in gateway) echo "$PID_GW";; gdnsd) echo "$PID_gdnsd";; gdnsd-static) echo "$PID_gdnsd_static";; pdns) echo "$PID_pdns";; pdns-static) echo "$PID_pdns_static";; esac; }
+pid_of() { echo "${PID_OF[$1]}"; }
 label_of() { case "$1" in gateway) echo "gateway (geo)";; gdnsd) echo "gdnsd (geoip)";; gdnsd-static) echo "gdnsd (static A)";; pdns) echo "pdns (LUA)";; pdns-static) echo "pdns (static A)";; esac; }
 
 run_dnsperf() { # server, seconds, output file, [extra dnsperf args...]
@@ -272,13 +272,13 @@ parse_dnsperf() { # file -> "qps lost completed noerror"
 
 declare -A QPS ERRS CPU
 bench_one() { # server, run number
-  local s="$1" n="$2" out="$TMP/dnsperf-$1-$2.txt" t0 t1 qps lost done noerr
+  local s="$1" n="$2" out="$TMP/dnsperf-$1-$2.txt" t0 t1 qps lost completed noerr
   t0="$(cpu_ticks "$(pid_of "$s")")"
   run_dnsperf "$s" "$DUR_S" "$out"
   t1="$(cpu_ticks "$(pid_of "$s")")"
-  read -r qps lost done noerr <<<"$(parse_dnsperf "$out")"
-  [ "$done" -gt 0 ] || { echo "error: dnsperf got no answer from $s:" >&2; cat "$out" >&2; exit 1; }
-  QPS[$s,$n]="$qps"; ERRS[$s,$n]=$(( lost + done - noerr )); CPU[$s,$n]="$(cpu_pct "$t0" "$t1" "$DUR_S")"
+  read -r qps lost completed noerr <<<"$(parse_dnsperf "$out")"
+  [ "$completed" -gt 0 ] || { echo "error: dnsperf got no answer from $s:" >&2; cat "$out" >&2; exit 1; }
+  QPS[$s,$n]="$qps"; ERRS[$s,$n]=$(( lost + completed - noerr )); CPU[$s,$n]="$(cpu_pct "$t0" "$t1" "$DUR_S")"
   printf '  run %s  %-17s %10.0f q/s   server CPU %3s%%   lost or not NOERROR %s\n' \
     "$n" "$(label_of "$s")" "$qps" "${CPU[$s,$n]}" "${ERRS[$s,$n]}" >&2
 }
@@ -306,7 +306,7 @@ for s in "${SERVERS[@]}"; do
   rate="$(awk -v m="${MQPS[$s]}" -v h="$HALF" 'BEGIN{r=int(m*h); print (r < 1 ? 1 : r)}')"
   out="$TMP/latency-$s.txt"
   run_dnsperf "$s" "$DUR_S" "$out" -Q "$rate" -v
-  read -r qps lost done noerr <<<"$(parse_dnsperf "$out")"
+  read -r qps lost completed noerr <<<"$(parse_dnsperf "$out")"
   # "> NOERROR name type seconds" per response; lost queries are not in the percentiles
   pct="$(awk '$1==">" && $2!="T" && $2!="I" {print $NF}' "$out" | sort -g | awk '
     {a[NR]=$1} END{ if (NR == 0) { print "- - - - 0"; exit }

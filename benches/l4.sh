@@ -67,6 +67,7 @@ want_test bulk && pkgs+=(iperf3:iperf3)
 want nginx && pkgs+=("$NGX_STREAM_MOD:libnginx-mod-stream")
 want haproxy && pkgs+=(haproxy:haproxy)
 ensure_packages "${pkgs[@]}"
+export CURL  # used by wait_http (bench_lib.sh)
 NGINX="$(find_tool nginx)"; CURL="$(find_tool curl)"; TASKSET="$(find_tool taskset)"; PYTHON="$(find_tool python3)"
 WRK="$(find_tool wrk || true)"; IPERF3="$(find_tool iperf3 || true)"; HAPROXY="$(find_tool haproxy || true)"
 if [ "$(nproc)" -lt 2 ]; then
