@@ -77,7 +77,7 @@ WARM_S="$(secs "$WARMUP")"
 
 make_tmp switchyard-dns
 declare -A PID_OF
-read -r P_GW P_ADMIN P_GDNSD P_GDNSD_S P_PDNS P_PDNS_S <<<"$(free_ports 6)"
+read -r P_GW P_ADMIN P_HTTP P_GDNSD P_GDNSD_S P_PDNS P_PDNS_S <<<"$(free_ports 7)"
 echo "$QNAME A" >"$TMP/queries.txt"
 
 dns_answer() { # port -> "RCODE addr,addr" for one UDP query of QNAME A (no EDNS, no ECS)
@@ -135,6 +135,11 @@ ${GATEWAY_SERVER_CONF:-}
 
 [admin]
 addr = "127.0.0.1:$P_ADMIN"
+
+# An idle HTTP listener: the contract does not say that a configuration of [gslb] alone is valid.
+[[listener]]
+name = "http"
+addr = "127.0.0.1:$P_HTTP"
 
 [gslb]
 addr = "127.0.0.1:$P_GW"
