@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ beside the benches
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import idle_memory  # noqa: E402  (the HTTP idle-connection bench next to this file)
 
