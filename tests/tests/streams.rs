@@ -443,6 +443,60 @@ async fn udp_flows_are_sticky_and_spread_and_replies_come_from_the_stream() {
 }
 
 #[tokio::test]
+async fn a_dead_udp_backend_does_not_hold_flows() {
+    let live = UdpEcho::start("live").await;
+    let dead = format!("127.0.0.1:{}", free_udp_port());
+    let port = free_udp_port();
+    let gw = Gateway::start(&config(
+        "",
+        &format!(
+            "{}{}",
+            stream(
+                "u",
+                port,
+                "udp",
+                "upstream = \"pool\"\nidle_timeout = \"2s\""
+            ),
+            upstream("pool", &[dead, live.addr_string()], "")
+        ),
+    ))
+    .await;
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for client in 0..4 {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let msg = format!("client {client}");
+        let mut buf = [0u8; 256];
+        let mut reply = None;
+        // A flow on the dead backend ends at its ICMP refusal; a resend picks again.
+        for _ in 0..40 {
+            sock.send_to(msg.as_bytes(), target).await.unwrap();
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_millis(250), sock.recv_from(&mut buf)).await
+            {
+                reply = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+                break;
+            }
+        }
+        assert_eq!(reply, Some(format!("live:{msg}")), "client {client}");
+    }
+    let m = metrics(&gw).await;
+    assert!(
+        metric(
+            &m,
+            "switchyard_stream_errors_total{kind=\"connect\",stream=\"u\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "the refusal is counted:\n{m}"
+    );
+    let log = gw.wait_access_log(1, IO).await;
+    assert!(
+        log.iter().any(|l| l["result"] == "connect_failed"),
+        "the refused flow is logged: {log:?}"
+    );
+}
+
+#[tokio::test]
 async fn max_connections_refuses_past_the_limit() {
     let a = TcpEcho::start("a").await;
     let port = free_port();
@@ -607,6 +661,33 @@ async fn reload_adds_and_removes_streams_without_touching_open_connections() {
         "the open connection is untouched"
     );
     assert_eq!(a.connections(), 1);
+
+    // Changing a stream in place (same address, another upstream) applies to new connections.
+    let mut on_new = connect(p2).await;
+    assert_eq!(echo(&mut on_new, b"kept").await, b"kept");
+    std::fs::write(
+        gw.config_path(),
+        text(&stream("new", p2, "tcp", "upstream = \"one\"")),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let moved = wait_until(Duration::from_secs(15), || async {
+        let before = a.connections();
+        let Ok(mut c) = TcpStream::connect(("127.0.0.1", p2)).await else {
+            return false;
+        };
+        let _ = c.write_all(b"m").await;
+        let mut buf = [0u8; 1];
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf)).await;
+        a.connections() > before
+    })
+    .await;
+    assert!(moved, "new connections go to the new upstream");
+    assert_eq!(
+        echo(&mut on_new, b"same").await,
+        b"same",
+        "the open one stays where it was"
+    );
 }
 
 #[tokio::test]

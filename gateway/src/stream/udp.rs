@@ -56,8 +56,10 @@ struct FlowHandle {
 struct FlowState {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
-    /// Set by the flow task when it ends: the next datagram opens a new flow.
+    /// Set when the flow ends: the next datagram opens a new flow.
     closed: AtomicBool,
+    /// The receive loop's send saw the backend's ICMP refusal.
+    refused: tokio::sync::Notify,
 }
 
 async fn receive_loop(
@@ -89,39 +91,52 @@ async fn receive_loop(
             },
         };
         let data = &buf[..n];
-        let live = flows
-            .get(&peer)
-            .is_some_and(|f| !f.state.closed.load(Ordering::Relaxed));
-        if !live {
-            flows.remove(&peer);
-            next_id += 1;
-            match open_flow(
-                &shared, &listener, &socket, peer, next_id, &stopped, &ended_tx,
-            )
-            .await
-            {
-                Some(f) => {
-                    flows.insert(peer, f);
+        // Twice at most: a send that reports the backend's ICMP refusal (of an earlier
+        // datagram) ends that flow, and this datagram opens a new one.
+        for _ in 0..2 {
+            let live = flows
+                .get(&peer)
+                .is_some_and(|f| !f.state.closed.load(Ordering::Relaxed));
+            if !live {
+                flows.remove(&peer);
+                next_id += 1;
+                match open_flow(
+                    &shared, &listener, &socket, peer, next_id, &stopped, &ended_tx,
+                )
+                .await
+                {
+                    Some(f) => {
+                        flows.insert(peer, f);
+                    }
+                    None => break,
                 }
-                None => continue,
             }
-        }
-        let Some(flow) = flows.get(&peer) else {
-            continue;
-        };
-        let stream = listener.current.load();
-        let sent = match &flow.header {
-            Some(h) => {
-                let mut d = Vec::with_capacity(h.len() + data.len());
-                d.extend_from_slice(h);
-                d.extend_from_slice(data);
-                flow.backend.try_send(&d)
+            let Some(flow) = flows.get(&peer) else {
+                break;
+            };
+            let sent = match &flow.header {
+                Some(h) => {
+                    let mut d = Vec::with_capacity(h.len() + data.len());
+                    d.extend_from_slice(h);
+                    d.extend_from_slice(data);
+                    flow.backend.try_send(&d)
+                }
+                None => flow.backend.try_send(data),
+            };
+            match sent {
+                Ok(_) => {
+                    flow.state.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    listener.current.load().metrics.bytes_in.inc_by(n as u64);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    flow.state.closed.store(true, Ordering::Relaxed);
+                    flow.state.refused.notify_one();
+                    flows.remove(&peer);
+                }
+                // A full send buffer drops the datagram, as the network would.
+                Err(_) => break,
             }
-            None => flow.backend.try_send(data),
-        };
-        if sent.is_ok() {
-            flow.state.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            stream.metrics.bytes_in.inc_by(n as u64);
         }
     }
     // The flows see `stopped` too and end on their own.
@@ -221,8 +236,30 @@ struct Flow {
     _open: Open,
 }
 
+/// The backend answered with ICMP port unreachable (nothing listens there): a
+/// passive-health failure that ends the flow.
+fn refused(f: &Flow) -> &'static str {
+    let m = &f.shared.metrics;
+    m.stream.error(&f.stream.name, StreamErrorKind::Connect);
+    let b = &f.upstream.backends[f.index];
+    if f.upstream.record_outcome(f.index, PassiveOutcome::Failure) {
+        m.ejection(&f.upstream.name, &b.addr);
+    }
+    "connect_failed"
+}
+
+/// Receive one reply from the backend and send it to the client; returns its size. The
+/// buffer lives on the stack of this (not async) function only, so an idle flow holds
+/// none. A full socket buffer drops the datagram, as the network would.
+fn relay_reply(backend: &UdpSocket, socket: &UdpSocket, peer: SocketAddr) -> io::Result<usize> {
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let n = backend.try_recv(&mut buf)?;
+    let _ = socket.try_send_to(&buf[..n], peer);
+    Ok(n)
+}
+
 /// Relay the backend's replies to the client until the flow ends, then log it.
-async fn flow_task(mut f: Flow) {
+async fn flow_task(f: Flow) {
     let started = Instant::now();
     let idle = f.stream.idle_timeout;
     let step = (idle / 4).max(Duration::from_millis(10));
@@ -230,36 +267,24 @@ async fn flow_task(mut f: Flow) {
     let mut last_change = Instant::now();
     let mut last_reply = Instant::now();
     let mut first_reply: Option<Duration> = None;
-    let m = &f.shared.metrics;
+    let mut stopped = f.stopped.clone();
     let result = loop {
         tokio::select! {
-            _ = f.stopped.wait_for(|s| *s) => break "ok",
+            _ = stopped.wait_for(|s| *s) => break "ok",
+            _ = f.state.refused.notified() => break refused(&f),
             r = f.backend.readable() => {
                 if r.is_err() {
                     break "reset";
                 }
-                // The buffer lives on the stack only between the readiness and the send:
-                // an idle flow holds none.
-                let mut tmp = [0u8; MAX_DATAGRAM];
-                match f.backend.try_recv(&mut tmp) {
+                match relay_reply(&f.backend, &f.socket, f.peer) {
                     Ok(n) => {
                         last_reply = Instant::now();
                         first_reply.get_or_insert_with(|| started.elapsed());
                         f.state.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                         f.stream.metrics.bytes_out.inc_by(n as u64);
-                        // A full socket buffer drops the datagram, as the network would.
-                        let _ = f.socket.try_send_to(&tmp[..n], f.peer);
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                        // ICMP port unreachable: nothing listens there.
-                        m.stream.error(&f.stream.name, StreamErrorKind::Connect);
-                        let b = &f.upstream.backends[f.index];
-                        if f.upstream.record_outcome(f.index, PassiveOutcome::Failure) {
-                            m.ejection(&f.upstream.name, &b.addr);
-                        }
-                        break "connect_failed";
-                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break refused(&f),
                     Err(_) => break "reset",
                 }
             }
