@@ -980,3 +980,175 @@ fn an_address_in_use_fails_the_start_with_its_position() {
     );
     drop(taken);
 }
+
+#[tokio::test]
+async fn zero_downtime_upgrade_keeps_the_stream_served() {
+    let a = TcpEcho::start("a").await;
+    let port = free_port();
+    let dir = switchyard_tests::TempDir::new();
+    let upgrade_sock = dir.path().join("upgrade.sock");
+    let pid_file = dir.path().join("gateway.pid");
+    let text = config(
+        &format!(
+            "upgrade_sock = \"{}\"\npid_file = \"{}\"",
+            upgrade_sock.display(),
+            pid_file.display()
+        ),
+        &format!(
+            "{}{}",
+            stream("s", port, "tcp", "upstream = \"pool\""),
+            upstream("pool", &[a.addr_string()], "")
+        ),
+    )
+    .replace("grace_period = \"2s\"", "grace_period = \"15s\"");
+    let mut old = Gateway::start(&text).await;
+    let mut open = connect(port).await;
+    assert_eq!(echo(&mut open, b"old").await, b"old");
+
+    // The new process waits for the old one's sockets; the old one hands them over on SIGQUIT.
+    let path = old.config_path().to_string_lossy().into_owned();
+    let admin = old.admin_port();
+    let new_dir = switchyard_tests::TempDir::new();
+    let spawn_path = path.clone();
+    let new = tokio::spawn(async move {
+        Gateway::launch(
+            &["-c", &spawn_path, "-u"],
+            admin,
+            Vec::new(),
+            std::path::PathBuf::from(&spawn_path),
+            new_dir,
+        )
+        .await
+    });
+    let new = new.await.unwrap();
+    // Give the new process a moment to reach its wait for the sockets.
+    let bound = wait_until(Duration::from_secs(10), || async { upgrade_sock.exists() }).await;
+    assert!(bound, "the new process listens for the hand-over");
+    old.signal("QUIT");
+    // Connections are served all along: by the old process, then by the new one.
+    let start = Instant::now();
+    let mut served = 0;
+    while start.elapsed() < Duration::from_secs(8) {
+        let mut c = connect(port).await;
+        assert_eq!(echo(&mut c, b"n").await, b"n", "served during the upgrade");
+        served += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served > 10);
+    assert_eq!(
+        echo(&mut open, b"still").await,
+        b"still",
+        "the old connection goes on"
+    );
+    drop(open);
+    let status = old.wait_exit(Duration::from_secs(20)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the old process exits once drained"
+    );
+    let mut c = connect(port).await;
+    assert_eq!(
+        echo(&mut c, b"after").await,
+        b"after",
+        "the new process serves alone"
+    );
+    drop(new);
+}
+
+#[tokio::test]
+async fn hashing_uses_the_client_address_from_a_trusted_proxy_header() {
+    let a = TcpEcho::start("a").await;
+    let b = TcpEcho::start("b").await;
+    let port = free_port();
+    let _gw = Gateway::start(&config(
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        &format!(
+            "{}{}",
+            stream(
+                "s",
+                port,
+                "tcp",
+                "upstream = \"pool\"\naccept_proxy_protocol = true"
+            ),
+            upstream(
+                "pool",
+                &[a.addr_string(), b.addr_string()],
+                "hash_key = \"client-ip\""
+            )
+            .replace("round-robin", "ip-hash")
+        ),
+    ))
+    .await;
+    // Which backend each client address lands on, asked twice.
+    let mut placement = Vec::new();
+    for round in 0..2 {
+        for host in 1..=8u8 {
+            let before = (a.connections(), b.connections());
+            let mut c = connect(port).await;
+            c.write_all(
+                format!(
+                    "PROXY TCP4 198.51.100.{host} 127.0.0.1 {} {port}\r\n",
+                    1000 + u16::from(host) * 10 + round
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+            assert_eq!(echo(&mut c, b"k").await, b"k");
+            let on_a = a.connections() > before.0;
+            assert!(on_a || b.connections() > before.1);
+            placement.push((round, host, on_a));
+        }
+    }
+    for host in 1..=8u8 {
+        let first = placement
+            .iter()
+            .find(|p| p.0 == 0 && p.1 == host)
+            .unwrap()
+            .2;
+        let second = placement
+            .iter()
+            .find(|p| p.0 == 1 && p.1 == host)
+            .unwrap()
+            .2;
+        assert_eq!(
+            first, second,
+            "client 198.51.100.{host} stays on its backend"
+        );
+    }
+    assert!(
+        a.connections() > 0 && b.connections() > 0,
+        "addresses spread: {placement:?}"
+    );
+}
+
+#[tokio::test]
+async fn least_connections_counts_open_streams() {
+    let a = TcpEcho::start("a").await;
+    let b = TcpEcho::start("b").await;
+    let port = free_port();
+    let _gw = Gateway::start(&config(
+        "",
+        &format!(
+            "{}{}",
+            stream("s", port, "tcp", "upstream = \"pool\""),
+            upstream("pool", &[a.addr_string(), b.addr_string()], "")
+                .replace("round-robin", "least-connections")
+        ),
+    ))
+    .await;
+    // Three long connections: the third goes where only one is open.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect(port).await;
+        assert_eq!(echo(&mut c, b"h").await, b"h");
+        held.push(c);
+    }
+    let (na, nb) = (a.open_connections(), b.open_connections());
+    assert_eq!(na + nb, 3);
+    assert!(na >= 1 && nb >= 1, "open streams balance: {na} / {nb}");
+    // The next one goes to the backend with fewer open streams.
+    let mut c = connect(port).await;
+    assert_eq!(echo(&mut c, b"n").await, b"n");
+    assert_eq!((a.open_connections(), b.open_connections()), (2, 2));
+}
