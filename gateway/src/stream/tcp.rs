@@ -4,15 +4,13 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use prometheus::IntCounter;
 use socket2::Socket;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -26,8 +24,8 @@ use crate::upstream::UpstreamRuntime;
 use super::metrics::StreamErrorKind;
 use super::{proxy_protocol, sni, Listener, Open, StreamRuntime};
 
-/// Bytes of each direction's copy buffer.
-const COPY_BUFFER: usize = 16 * 1024;
+/// Bytes of the (stack) buffer of one read.
+const COPY_BUFFER: usize = 32 * 1024;
 
 /// Start the accept loop of a bound TCP socket (it runs until `stopped` turns true).
 pub(crate) fn spawn_listener(
@@ -324,17 +322,22 @@ async fn relay(
             .fetch_add(prefix.len() as u64, Ordering::Relaxed);
         stream.metrics.bytes_in.inc_by(prefix.len() as u64);
     }
-    let mut a = Tracked {
-        inner: client,
-        read: &counters.bytes_in,
-        metric: &stream.metrics.bytes_in,
+    let copy = async {
+        tokio::try_join!(
+            pump(
+                client,
+                backend,
+                &counters.bytes_in,
+                &stream.metrics.bytes_in
+            ),
+            pump(
+                backend,
+                client,
+                &counters.bytes_out,
+                &stream.metrics.bytes_out
+            ),
+        )
     };
-    let mut b = Tracked {
-        inner: backend,
-        read: &counters.bytes_out,
-        metric: &stream.metrics.bytes_out,
-    };
-    let copy = tokio::io::copy_bidirectional_with_sizes(&mut a, &mut b, COPY_BUFFER, COPY_BUFFER);
     let idle = stream.idle_timeout;
     let step = (idle / 4).max(Duration::from_millis(10));
     tokio::pin!(copy);
@@ -358,45 +361,62 @@ async fn relay(
     }
 }
 
-/// A stream that counts the bytes read from it (into the connection's counter and the
-/// stream's metric); writes pass through.
-struct Tracked<'a, S> {
-    inner: S,
-    read: &'a AtomicU64,
-    metric: &'a IntCounter,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            self.read.fetch_add(n, Ordering::Relaxed);
-            self.metric.inc_by(n);
+/// Copy from `from` to `to` until `from` ends, then close `to`'s sending side (the
+/// half-close passes on). Bytes go through a buffer on the stack of [`step`]; only what
+/// `to` does not take at once waits on the heap (at most one read's worth), so an idle
+/// connection holds no copy buffer at all.
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    count: &AtomicU64,
+    metric: &IntCounter,
+) -> io::Result<()> {
+    let mut pending: Vec<u8> = Vec::new();
+    loop {
+        while !pending.is_empty() {
+            to.writable().await?;
+            match to.try_write(&pending) {
+                Ok(n) => {
+                    pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
+            }
         }
-        Poll::Ready(Ok(()))
+        // Give the memory back while waiting for the next bytes.
+        pending = Vec::new();
+        from.readable().await?;
+        match step(from, to, &mut pending) {
+            Ok(Some(n)) => {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+                metric.inc_by(n as u64);
+            }
+            Ok(None) => {
+                // The peer may be gone already: nothing more to tell it then.
+                let _ = socket2::SockRef::from(to).shutdown(std::net::Shutdown::Write);
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+/// One read from `from` and as much of it as `to` takes now; the rest goes to `pending`.
+/// `None` at the end of `from`.
+fn step(from: &TcpStream, to: &TcpStream, pending: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    let mut buf = [0u8; COPY_BUFFER];
+    let n = from.try_read(&mut buf)?;
+    if n == 0 {
+        return Ok(None);
     }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    let written = match to.try_write(&buf[..n]) {
+        Ok(w) => w,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if written < n {
+        pending.extend_from_slice(&buf[written..n]);
     }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    Ok(Some(n))
 }
