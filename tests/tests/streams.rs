@@ -1152,3 +1152,115 @@ async fn least_connections_counts_open_streams() {
     assert_eq!(echo(&mut c, b"n").await, b"n");
     assert_eq!((a.open_connections(), b.open_connections()), (2, 2));
 }
+
+/// A ClientHello for `name`, as OpenSSL's client writes it.
+fn client_hello(name: &str) -> Vec<u8> {
+    use openssl::ssl::{HandshakeError, SslConnector, SslMethod};
+    use std::io::{Read, Write};
+    struct Capture(Vec<u8>);
+    impl Read for Capture {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::WouldBlock.into())
+        }
+    }
+    impl Write for Capture {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let connector = SslConnector::builder(SslMethod::tls()).unwrap().build();
+    match connector.connect(name, Capture(Vec::new())) {
+        Err(HandshakeError::WouldBlock(mid)) => mid.get_ref().0.clone(),
+        _ => panic!("the handshake waits for the server"),
+    }
+}
+
+#[tokio::test]
+async fn a_client_hello_split_over_segments_is_routed_and_replayed_intact() {
+    let echo_backend = TcpEcho::start("raw").await;
+    let port = free_port();
+    let _gw = Gateway::start(&config(
+        "",
+        &format!(
+            "{}{}",
+            stream(
+                "edge",
+                port,
+                "tls-passthrough",
+                "sni_routes = [ { sni = \"*.example.com\", upstream = \"raw\" } ]"
+            ),
+            upstream("raw", &[echo_backend.addr_string()], "")
+        ),
+    ))
+    .await;
+    let hello = client_hello("split.example.com");
+    let mut c = connect(port).await;
+    c.set_nodelay(true).unwrap();
+    for part in hello.chunks(hello.len() / 3 + 1) {
+        c.write_all(part).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut back = vec![0u8; hello.len()];
+    tokio::time::timeout(IO, c.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(back, hello, "the backend got the ClientHello byte for byte");
+    assert_eq!(echo_backend.connections(), 1);
+}
+
+#[tokio::test]
+async fn udp_flows_past_max_connections_are_dropped() {
+    let a = UdpEcho::start("a").await;
+    let port = free_udp_port();
+    let gw = Gateway::start(&config(
+        "",
+        &format!(
+            "{}{}",
+            stream(
+                "u",
+                port,
+                "udp",
+                "upstream = \"pool\"\nmax_connections = 1\nidle_timeout = \"30s\""
+            ),
+            upstream("pool", &[a.addr_string()], "")
+        ),
+    ))
+    .await;
+    let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let ask = |sock: std::sync::Arc<UdpSocket>, tries: usize| async move {
+        let mut buf = [0u8; 64];
+        for _ in 0..tries {
+            sock.send_to(b"q", target).await.unwrap();
+            if let Ok(Ok((n, _))) =
+                tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await
+            {
+                return Some(buf[..n].to_vec());
+            }
+        }
+        None
+    };
+    let first = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    assert_eq!(ask(first.clone(), 20).await.as_deref(), Some(&b"a:q"[..]));
+    let second = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    assert_eq!(ask(second, 3).await, None, "a second flow is refused");
+    assert_eq!(
+        ask(first, 20).await.as_deref(),
+        Some(&b"a:q"[..]),
+        "the first goes on"
+    );
+    let m = metrics(&gw).await;
+    assert!(
+        metric(
+            &m,
+            "switchyard_stream_errors_total{kind=\"max_connections\",stream=\"u\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{m}"
+    );
+}
