@@ -173,6 +173,7 @@ fn reload_inner(
 ) -> Result<String, String> {
     let config =
         Config::load(std::path::Path::new(path), &shared.registry).map_err(|e| e.to_string())?;
+    crate::stream::check_new_addresses(&current.config, &config)?;
     let mut notes = Vec::new();
     let old: Vec<_> = current
         .config

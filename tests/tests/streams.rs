@@ -1264,3 +1264,38 @@ async fn udp_flows_past_max_connections_are_dropped() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_onto_an_address_in_use_is_refused_with_its_position() {
+    let a = TcpEcho::start("a").await;
+    let port = free_port();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let admin = free_port();
+    let text = |streams: &str| {
+        format!(
+            "[server]\ngrace_period = \"2s\"\nthreads = 1\n\n[admin]\naddr = \"127.0.0.1:{admin}\"\n\n{streams}{}",
+            upstream("pool", &[a.addr_string()], "")
+        )
+    };
+    let gw = Gateway::start(&text(&stream("s", port, "tcp", "upstream = \"pool\""))).await;
+    let next = text(&format!(
+        "{}{}",
+        stream("s", port, "tcp", "upstream = \"pool\""),
+        stream("busy", busy, "tcp", "upstream = \"pool\"")
+    ));
+    std::fs::write(gw.config_path(), &next).unwrap();
+    let r = request(admin, "POST", "admin", "/admin/reload", &[], b"").await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    let (line, col) = line_col(&next, &format!("\"127.0.0.1:{busy}\""));
+    assert!(
+        r.text()
+            .contains(&format!(":{line}:{col}: stream `busy`: cannot listen")),
+        "{}",
+        r.text()
+    );
+    // The running configuration goes on.
+    let mut c = connect(port).await;
+    assert_eq!(echo(&mut c, b"ok").await, b"ok");
+    drop(taken);
+}

@@ -200,9 +200,46 @@ impl SocketKey {
     }
 }
 
-/// Bind a stream socket (`SO_REUSEADDR`, `SO_REUSEPORT`, non-blocking; IPv6 sockets are
-/// IPv6 only, so `[::]` and `0.0.0.0` are different addresses).
-pub fn bind(key: SocketKey) -> std::io::Result<Socket> {
+/// Before a reload is put in force: check that each address the new configuration adds
+/// can be bound (bound, never listened on, then closed), so that an address in use fails
+/// the reload with the stream's `FILE:LINE:COLUMN` and the running configuration stays.
+/// Addresses the running configuration already serves are not probed.
+pub fn check_new_addresses(
+    current: &crate::config::Config,
+    next: &crate::config::Config,
+) -> Result<(), String> {
+    let running: std::collections::HashSet<SocketKey> = current
+        .streams
+        .iter()
+        .map(|s| SocketKey::of(*s.protocol.get_ref(), *s.addr.get_ref()))
+        .collect();
+    let text = std::fs::read_to_string(&next.path).unwrap_or_default();
+    let mut errors = Vec::new();
+    for s in &next.streams {
+        let key = SocketKey::of(*s.protocol.get_ref(), *s.addr.get_ref());
+        if running.contains(&key) {
+            continue;
+        }
+        if let Err(e) = bind_only(key) {
+            let (line, col) = crate::config::error::line_col(&text, s.addr.span().start);
+            errors.push(format!(
+                "{}:{line}:{col}: stream `{}`: cannot listen on {} ({}): {e}",
+                next.path,
+                s.name.get_ref(),
+                key.addr,
+                if key.tcp { "tcp" } else { "udp" },
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
+/// A socket for `key` with the stream options, bound but not listening.
+fn bind_only(key: SocketKey) -> std::io::Result<Socket> {
     let domain = Domain::for_address(key.addr);
     let socket = if key.tcp {
         Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?
@@ -216,6 +253,13 @@ pub fn bind(key: SocketKey) -> std::io::Result<Socket> {
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&key.addr.into())?;
+    Ok(socket)
+}
+
+/// Bind a stream socket (`SO_REUSEADDR`, `SO_REUSEPORT`, non-blocking; IPv6 sockets are
+/// IPv6 only, so `[::]` and `0.0.0.0` are different addresses).
+pub fn bind(key: SocketKey) -> std::io::Result<Socket> {
+    let socket = bind_only(key)?;
     if key.tcp {
         socket.listen(1024)?;
     }
