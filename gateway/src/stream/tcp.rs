@@ -165,7 +165,10 @@ async fn serve(
     if ready {
         match &out.upstream {
             None => {
-                m.error(&stream.name, StreamErrorKind::NoBackend);
+                // An unrouted server name was counted as `sni` above.
+                if stream.protocol != StreamProtocol::TlsPassthrough {
+                    m.error(&stream.name, StreamErrorKind::NoBackend);
+                }
                 out.result = "no_backend";
             }
             Some(upstream) => match connect(&shared, &stream, upstream, client_addr).await {
