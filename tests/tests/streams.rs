@@ -721,6 +721,17 @@ async fn access_log_line_and_metrics_of_a_connection() {
         Some(1.0),
         "{m}"
     );
+    assert_eq!(
+        metric(
+            &m,
+            &format!(
+                "switchyard_stream_connections_total{{backend=\"{}\",stream=\"pg\",upstream=\"pool\"}}",
+                a.addr_string()
+            )
+        ),
+        Some(1.0),
+        "an open connection is counted already: {m}"
+    );
     drop(c);
     let log = gw.wait_access_log(1, IO).await;
     let line = &log[0];

@@ -175,6 +175,8 @@ async fn serve(
                 Err(result) => out.result = result,
                 Ok((index, mut backend, took)) => {
                     out.backend = Some(index);
+                    // Counted once connected, so that open connections are in it.
+                    m.connection(&stream.name, &upstream.name, &upstream.backends[index].addr);
                     out.result = relay(
                         &stream,
                         &mut client,
@@ -203,11 +205,9 @@ async fn serve(
         .as_ref()
         .zip(out.backend)
         .map(|(u, i)| u.backends[i].addr.as_str());
-    m.connection(
-        &stream.name,
-        upstream_name.unwrap_or("none"),
-        backend.unwrap_or("none"),
-    );
+    if backend.is_none() {
+        m.connection(&stream.name, upstream_name.unwrap_or("none"), "none");
+    }
     if shared.access_log.enabled() {
         let elapsed = started.elapsed();
         let client_text = client_addr.to_string();
