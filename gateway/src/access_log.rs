@@ -58,6 +58,34 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
 }
 
+/// One access log entry of an L4 stream: a finished TCP or tls-passthrough connection, or
+/// an expired UDP flow.
+#[derive(Debug, Serialize)]
+pub struct StreamEntry<'a> {
+    /// RFC 3339 time the connection (or flow) started.
+    pub time: &'a str,
+    /// The stream's name.
+    pub stream: &'a str,
+    /// `tcp`, `udp` or `tls-passthrough`.
+    pub protocol: &'a str,
+    /// Client address and port (from a trusted PROXY header when one was read).
+    pub client: &'a str,
+    /// The ClientHello's server name (tls-passthrough), else `null`.
+    pub sni: Option<&'a str>,
+    /// Upstream name, `null` when none was chosen.
+    pub upstream: Option<&'a str>,
+    /// Backend address, `null` when none was reached.
+    pub backend: Option<&'a str>,
+    /// Bytes from the client to the backend.
+    pub bytes_in: u64,
+    /// Bytes from the backend to the client.
+    pub bytes_out: u64,
+    /// How long the connection (or flow) lasted, in milliseconds.
+    pub duration_ms: f64,
+    /// `ok`, `connect_failed`, `no_backend`, `idle_timeout` or `reset`.
+    pub result: &'a str,
+}
+
 /// The access log writer. Lines are queued to a writer thread started on first use (so
 /// that it is started after the server has daemonized).
 #[derive(Debug)]
@@ -83,8 +111,8 @@ impl AccessLog {
         self.destination != Destination::Off
     }
 
-    /// Queue one entry.
-    pub fn write(&self, entry: &Entry<'_>) {
+    /// Queue one entry ([`Entry`] for HTTP requests, [`StreamEntry`] for L4 streams).
+    pub fn write<T: Serialize>(&self, entry: &T) {
         if !self.enabled() {
             return;
         }

@@ -20,5 +20,6 @@ pub mod retry_budget;
 pub mod router;
 pub mod server;
 pub mod state;
+pub mod stream;
 pub mod tls;
 pub mod upstream;

@@ -101,6 +101,8 @@ pub struct Metrics {
     session_store_errors: IntCounterVec,
     config_reloads: IntCounterVec,
     downstream_connections: IntGaugeVec,
+    /// `switchyard_stream_*`: the L4 streams' metrics, in the same registry.
+    pub stream: crate::stream::metrics::StreamMetrics,
 }
 
 /// Histogram buckets of request duration, in seconds.
@@ -209,6 +211,7 @@ impl Metrics {
                 "Open client connections.",
                 &["listener"],
             ),
+            stream: crate::stream::metrics::StreamMetrics::new(&r),
             registry: r,
         };
         for result in ["ok", "error"] {

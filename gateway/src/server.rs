@@ -121,6 +121,16 @@ pub fn run(config: Config, registry: Registry, options: RunOptions) -> i32 {
     server.add_service(admin_service);
     server.add_service(crate::health::HealthService::service(shared.clone()));
     server.add_service(crate::resource::ResourceService::service(shared.clone()));
+    // L4 streams: their sockets are bound now, so that an address in use fails the start.
+    match crate::stream::StreamService::bind(shared.clone()) {
+        Ok(streams) => {
+            server.add_service(streams.into_service(server_section.threads));
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    }
 
     if options.demo {
         for service in crate::demo::backend_services() {
@@ -163,6 +173,7 @@ fn reload_inner(
 ) -> Result<String, String> {
     let config =
         Config::load(std::path::Path::new(path), &shared.registry).map_err(|e| e.to_string())?;
+    crate::stream::check_new_addresses(&current.config, &config)?;
     let mut notes = Vec::new();
     let old: Vec<_> = current
         .config

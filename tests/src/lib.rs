@@ -9,6 +9,7 @@ mod backend;
 mod client;
 mod gateway;
 pub mod load_backend;
+pub mod stream_backend;
 pub mod tls_backend;
 mod wire;
 

@@ -346,3 +346,73 @@ pub struct UpstreamSection {
 fn default_algorithm() -> Spanned<String> {
     Spanned::new(0..0, "round-robin".to_owned())
 }
+
+/// The transport of a `[[stream]]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamProtocol {
+    /// Whole TCP connections.
+    Tcp,
+    /// UDP flows (a client address and port).
+    Udp,
+    /// TCP connections routed by the TLS ClientHello's SNI, never decrypted.
+    TlsPassthrough,
+}
+
+impl StreamProtocol {
+    /// The name as written in the configuration (and in the access log).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::TlsPassthrough => "tls-passthrough",
+        }
+    }
+}
+
+/// A PROXY protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocolVersion {
+    /// The text header (`PROXY TCP4 ...\r\n`).
+    V1,
+    /// The binary header.
+    V2,
+}
+
+/// One `sni_routes` entry of a `tls-passthrough` stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniRouteSection {
+    /// An exact server name or `*.suffix`.
+    pub sni: Spanned<String>,
+    /// The upstream such connections go to.
+    pub upstream: Spanned<String>,
+}
+
+/// One `[[stream]]`: an L4 listener balancing connections or flows over an upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamSection {
+    /// Unique name, used in logs and metrics.
+    pub name: Spanned<String>,
+    /// Address to listen on.
+    pub addr: Spanned<SocketAddr>,
+    /// `"tcp"`, `"udp"` or `"tls-passthrough"`.
+    pub protocol: Spanned<StreamProtocol>,
+    /// The upstream (for tls-passthrough: the default when no `sni_routes` entry matches).
+    pub upstream: Option<Spanned<String>>,
+    /// tcp: no byte either way for this long closes both sides; udp: the flow is forgotten.
+    pub idle_timeout: Option<ConfigDuration>,
+    /// PROXY protocol header sent to the backend before any byte.
+    pub proxy_protocol: Option<Spanned<ProxyProtocolVersion>>,
+    /// Read a PROXY v1/v2 header from clients in `server.trusted_proxies`.
+    #[serde(default)]
+    pub accept_proxy_protocol: bool,
+    /// Past this many open connections (udp: flows) new ones are refused.
+    pub max_connections: Option<Spanned<usize>>,
+    /// tls-passthrough: the upstream by SNI.
+    pub sni_routes: Option<Spanned<Vec<SniRouteSection>>>,
+    /// How long a client has to send its ClientHello (tls-passthrough) or PROXY header.
+    pub handshake_timeout: Option<ConfigDuration>,
+}

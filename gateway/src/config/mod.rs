@@ -42,6 +42,8 @@ pub struct Config {
     pub routes: Vec<RouteSection>,
     /// `[[upstream]]`, in file order.
     pub upstreams: Vec<UpstreamSection>,
+    /// `[[stream]]` (L4 listeners), in file order.
+    pub streams: Vec<StreamSection>,
     /// `trusted_proxies`, parsed.
     pub trusted_proxies: Vec<IpNet>,
     /// Each upstream's backends, resolved to socket addresses (same order as the file).
@@ -82,6 +84,8 @@ impl Config {
         let mut listener_tables = 0;
         let mut routes = Vec::new();
         let mut upstreams = Vec::new();
+        let mut streams = Vec::new();
+        let mut stream_tables = 0;
         for (key, value) in doc.get_ref().iter() {
             match key.get_ref().as_ref() {
                 "server" => server = section::<ServerSection>(&mut sink, value),
@@ -93,10 +97,14 @@ impl Config {
                 }
                 "route" => routes = array::<RouteSection>(&mut sink, "route", value),
                 "upstream" => upstreams = array::<UpstreamSection>(&mut sink, "upstream", value),
+                "stream" => {
+                    stream_tables = value.get_ref().as_array().map_or(1, |a| a.len());
+                    streams = array::<StreamSection>(&mut sink, "stream", value);
+                }
                 other => sink.at(
                     Some(key.span()),
                     format!(
-                        "unknown section `{other}`, expected one of `server`, `admin`, `session_store`, `listener`, `route`, `upstream`"
+                        "unknown section `{other}`, expected one of `server`, `admin`, `session_store`, `listener`, `route`, `upstream`, `stream`"
                     ),
                 ),
             }
@@ -109,11 +117,12 @@ impl Config {
             listeners,
             routes,
             upstreams,
+            streams,
             trusted_proxies: Vec::new(),
             resolved: Vec::new(),
             route_filters: Vec::new(),
         };
-        config.validate(&mut sink, registry, listener_tables);
+        config.validate(&mut sink, registry, listener_tables, stream_tables);
         if sink.is_empty() {
             Ok(config)
         } else {
@@ -121,7 +130,13 @@ impl Config {
         }
     }
 
-    fn validate(&mut self, sink: &mut ErrorSink<'_>, registry: &Registry, listener_tables: usize) {
+    fn validate(
+        &mut self,
+        sink: &mut ErrorSink<'_>,
+        registry: &Registry,
+        listener_tables: usize,
+        stream_tables: usize,
+    ) {
         let s = &self.server;
         if s.threads == 0 {
             sink.at(None, "server.threads: expected at least 1");
@@ -174,8 +189,13 @@ impl Config {
         }
 
         // Listeners.
-        if listener_tables == 0 {
-            sink.at(None, "no [[listener]]: expected at least one listener");
+        // Something must serve traffic: HTTP listeners or L4 streams.
+        let serves_traffic = listener_tables > 0 || stream_tables > 0;
+        if !serves_traffic {
+            sink.at(
+                None,
+                "no [[listener]] and no [[stream]]: expected at least one listener or stream",
+            );
         }
         let mut names = HashSet::new();
         let mut addrs = HashSet::new();
@@ -447,6 +467,9 @@ impl Config {
             }
         }
         self.route_filters = route_filters;
+
+        // L4 streams.
+        crate::stream::config::validate(self, sink);
     }
 
     /// Index of the listener named `name`.
