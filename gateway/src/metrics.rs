@@ -101,6 +101,8 @@ pub struct Metrics {
     session_store_errors: IntCounterVec,
     config_reloads: IntCounterVec,
     downstream_connections: IntGaugeVec,
+    /// The GSLB responder's metrics.
+    pub gslb: crate::gslb::GslbMetrics,
 }
 
 /// Histogram buckets of request duration, in seconds.
@@ -209,6 +211,7 @@ impl Metrics {
                 "Open client connections.",
                 &["listener"],
             ),
+            gslb: crate::gslb::GslbMetrics::register(&r),
             registry: r,
         };
         for result in ["ok", "error"] {
@@ -349,6 +352,7 @@ impl Metrics {
                     .set(i64::from(b.plugin.load.in_flight()));
             }
         }
+        self.gslb.refresh(runtime.gslb.as_deref());
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::error!("metrics encoding failed: {e}");

@@ -7,8 +7,10 @@
 
 mod backend;
 mod client;
+pub mod dns;
 mod gateway;
 pub mod load_backend;
+pub mod mmdb;
 pub mod tls_backend;
 mod wire;
 

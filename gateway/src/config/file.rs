@@ -211,6 +211,10 @@ pub struct BackendSection {
     /// Relative weight, at least 1.
     #[serde(default = "one")]
     pub weight: Spanned<u32>,
+    /// Tier: 0 (the default) is the first; higher tiers take traffic only as lower ones
+    /// fail (see [`crate::upstream`], "Backend tiers").
+    #[serde(default)]
+    pub priority: u32,
 }
 
 fn one() -> Spanned<u32> {
@@ -346,3 +350,6 @@ pub struct UpstreamSection {
 fn default_algorithm() -> Spanned<String> {
     Spanned::new(0..0, "round-robin".to_owned())
 }
+
+/// `[gslb]`: the authoritative DNS responder (see [`crate::gslb`]).
+pub type GslbSection = crate::gslb::config::GslbSection;

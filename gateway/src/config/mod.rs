@@ -48,6 +48,8 @@ pub struct Config {
     pub resolved: Vec<Vec<SocketAddr>>,
     /// Each route's filters, built and checked (same order as `routes`).
     pub route_filters: Vec<std::sync::Arc<switchyard_filters::RouteFilters>>,
+    /// `[gslb]`, the authoritative DNS responder.
+    pub gslb: Option<GslbSection>,
 }
 
 impl Config {
@@ -82,6 +84,7 @@ impl Config {
         let mut listener_tables = 0;
         let mut routes = Vec::new();
         let mut upstreams = Vec::new();
+        let mut gslb = None;
         for (key, value) in doc.get_ref().iter() {
             match key.get_ref().as_ref() {
                 "server" => server = section::<ServerSection>(&mut sink, value),
@@ -93,10 +96,11 @@ impl Config {
                 }
                 "route" => routes = array::<RouteSection>(&mut sink, "route", value),
                 "upstream" => upstreams = array::<UpstreamSection>(&mut sink, "upstream", value),
+                "gslb" => gslb = section::<GslbSection>(&mut sink, value),
                 other => sink.at(
                     Some(key.span()),
                     format!(
-                        "unknown section `{other}`, expected one of `server`, `admin`, `session_store`, `listener`, `route`, `upstream`"
+                        "unknown section `{other}`, expected one of `server`, `admin`, `session_store`, `listener`, `route`, `upstream`, `gslb`"
                     ),
                 ),
             }
@@ -112,7 +116,14 @@ impl Config {
             trusted_proxies: Vec::new(),
             resolved: Vec::new(),
             route_filters: Vec::new(),
+            gslb: None,
         };
+        if let Some(g) = gslb {
+            for (span, message) in crate::gslb::config::validate(&g) {
+                sink.at(span, message);
+            }
+            config.gslb = Some(g);
+        }
         config.validate(&mut sink, registry, listener_tables);
         if sink.is_empty() {
             Ok(config)
@@ -174,7 +185,7 @@ impl Config {
         }
 
         // Listeners.
-        if listener_tables == 0 {
+        if listener_tables == 0 && self.gslb.is_none() {
             sink.at(None, "no [[listener]]: expected at least one listener");
         }
         let mut names = HashSet::new();
@@ -319,6 +330,18 @@ impl Config {
                 }
             }
             self.resolved.push(resolved);
+            let tiers: HashSet<u32> = u.backends.get_ref().iter().map(|b| b.priority).collect();
+            if tiers.len() > crate::tiers::MAX_TIERS {
+                sink.at(
+                    Some(u.backends.span()),
+                    format!(
+                        "upstream `{}` uses {} priorities: expected at most {}",
+                        u.name.get_ref(),
+                        tiers.len(),
+                        crate::tiers::MAX_TIERS
+                    ),
+                );
+            }
             if let Some(key) = &u.hash_key {
                 if let Err(msg) = validate_hash_key(key.get_ref()) {
                     sink.at(Some(key.span()), msg);
