@@ -165,4 +165,75 @@ mod tests {
             }
         }
     }
+
+    fn upstream(algorithm: &str) -> std::sync::Arc<crate::upstream::UpstreamRuntime> {
+        let text = format!(
+            "[admin]\naddr = \"127.0.0.1:1\"\n[[listener]]\nname = \"http\"\naddr = \"127.0.0.1:2\"\n\
+             [[route]]\nname = \"r\"\npath_prefix = \"/\"\nupstream = \"u\"\n\
+             [[upstream]]\nname = \"u\"\nalgorithm = \"{algorithm}\"\nslow_start = \"100s\"\nbackends = [\
+             {{ addr = \"127.0.0.1:7001\" }}, {{ addr = \"127.0.0.1:7002\" }},\
+             {{ addr = \"127.0.0.1:7003\", priority = 1 }}, {{ addr = \"127.0.0.1:7004\", priority = 1 }}]\n"
+        );
+        let registry = crate::server::default_registry();
+        let config = crate::config::Config::parse("t.toml", &text, &registry).unwrap();
+        let live = crate::upstream::BackendRegistry::default();
+        crate::upstream::build_all(&config, &registry, &live)
+            .unwrap()
+            .remove(0)
+    }
+
+    fn tier1_share(u: &crate::upstream::UpstreamRuntime, n: usize) -> f64 {
+        let hits = (0..n)
+            .filter(|_| u.pick(None, None, None).is_some_and(|i| i >= 2))
+            .count();
+        hits as f64 / n as f64
+    }
+
+    #[test]
+    fn every_algorithm_honours_tiers() {
+        use std::sync::atomic::Ordering;
+        for algorithm in [
+            "round-robin",
+            "least-connections",
+            "random",
+            "ip-hash",
+            "power-of-two-choices",
+        ] {
+            let u = upstream(algorithm);
+            assert_eq!(tier1_share(&u, 2000), 0.0, "{algorithm}: tier 0 takes all");
+            // Half of tier 0 down: 0.5 * 1.4 = 70 % stays, 30 % spills over.
+            u.backends[0].state.healthy.store(false, Ordering::Relaxed);
+            let share = tier1_share(&u, 4000);
+            assert!((0.25..0.35).contains(&share), "{algorithm}: {share}");
+            // Tier 0 drained or down entirely: tier 1 takes everything.
+            u.set_draining(1, true);
+            assert_eq!(tier1_share(&u, 500), 1.0, "{algorithm}");
+            // Back, in a slow-start ramp (1/10 of a backend of two: 7 %), then whole.
+            u.set_draining(1, false);
+            let share = tier1_share(&u, 4000);
+            assert!((0.88..0.97).contains(&share), "{algorithm}: ramp {share}");
+            u.maintain(std::time::Instant::now() + std::time::Duration::from_secs(200));
+            u.backends[0].state.healthy.store(true, Ordering::Relaxed);
+            assert_eq!(tier1_share(&u, 500), 0.0, "{algorithm}: recovered");
+            // Nothing healthy anywhere: no pick (503).
+            for b in &u.backends {
+                b.state.healthy.store(false, Ordering::Relaxed);
+            }
+            assert_eq!(u.pick(None, None, None), None);
+        }
+    }
+
+    #[test]
+    fn a_retry_leaves_the_tier_rather_than_repeat_the_failed_backend() {
+        use std::sync::atomic::Ordering;
+        let u = upstream("round-robin");
+        u.backends[1].state.healthy.store(false, Ordering::Relaxed);
+        // Backend 0 is tier 0's only one (health 70 %); a retry avoiding it goes to tier 1.
+        for _ in 0..50 {
+            assert!(u.pick(None, None, Some(0)).is_some_and(|i| i >= 2));
+        }
+        let t = Tiers::of(&u.backends).unwrap();
+        assert_eq!((t.priority(0), t.priority(1)), (0, 1));
+        assert_eq!(t.health(&u.backends).0[..2], [700, 1000]);
+    }
 }
