@@ -617,3 +617,130 @@ pub fn validate(g: &GslbSection) -> Vec<(Option<Range<usize>>, String)> {
     }
     errors
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_qualified_inside_the_zone() {
+        let z = "gslb.example.com";
+        assert_eq!(qualify("api", z).unwrap(), "api.gslb.example.com");
+        assert_eq!(qualify("API.v2", z).unwrap(), "api.v2.gslb.example.com");
+        assert_eq!(qualify("@", z).unwrap(), z);
+        assert_eq!(
+            qualify("Api.Gslb.Example.Com.", z).unwrap(),
+            "api.gslb.example.com"
+        );
+        assert_eq!(
+            qualify("api.gslb.example.com", z).unwrap(),
+            "api.gslb.example.com"
+        );
+        assert!(qualify("api.example.org.", z)
+            .unwrap_err()
+            .contains("outside the zone"));
+        assert!(qualify("xgslb.example.com.", z).is_err());
+        assert!(qualify("bad name", z).is_err());
+        assert!(qualify("", z).is_err());
+    }
+
+    #[test]
+    fn dns_names_and_urls() {
+        assert!(valid_dns_name("ns1.example.com."));
+        assert!(!valid_dns_name("a..b"));
+        assert!(!valid_dns_name(&"a".repeat(64)));
+        let t = http_target("http://127.0.0.1:8080/health?x=1", "url").unwrap();
+        assert_eq!(t.host, "127.0.0.1:8080");
+        assert_eq!(t.socket, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(t.path, "/health?x=1");
+        let t = http_target("http://[::1]/", "url").unwrap();
+        assert_eq!(t.socket, "[::1]:80".parse().unwrap());
+        assert!(http_target("https://127.0.0.1/", "url").is_err());
+        assert!(http_target("127.0.0.1/health", "url").is_err());
+        assert!(tcp_target("127.0.0.1:443").is_ok());
+        assert!(tcp_target("127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn checks_get_defaults_and_are_checked() {
+        let s: SiteCheckSection = toml::from_str("url = \"http://127.0.0.1:9/hc\"").unwrap();
+        let c = SiteCheck::from_section(&s).unwrap();
+        assert_eq!(c.check.interval, Duration::from_secs(5));
+        assert_eq!(c.jitter, Duration::from_millis(500));
+        assert!(matches!(
+            &c.check.kind,
+            crate::health::CheckKind::Http { path, host: Some(h), .. } if path == "/hc" && h == "127.0.0.1:9"
+        ));
+        let s: SiteCheckSection = toml::from_str("addr = \"127.0.0.1:9\"").unwrap();
+        assert_eq!(
+            SiteCheck::from_section(&s).unwrap().check.kind,
+            crate::health::CheckKind::Tcp
+        );
+        for bad in [
+            "kind = \"tcp\"\nurl = \"http://127.0.0.1/\"",
+            "kind = \"icmp\"\naddr = \"127.0.0.1:1\"",
+            "url = \"http://127.0.0.1/\"\naddr = \"127.0.0.1:1\"",
+            "",
+            "addr = \"127.0.0.1:1\"\ninterval = \"1s\"\njitter = \"1s\"",
+            "addr = \"127.0.0.1:1\"\nfails = 0",
+        ] {
+            let s: SiteCheckSection = toml::from_str(bad).unwrap();
+            assert!(SiteCheck::from_section(&s).is_err(), "{bad}");
+        }
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        let g: GslbSection = toml::from_str(text).unwrap();
+        validate(&g).into_iter().map(|(_, m)| m).collect()
+    }
+
+    #[test]
+    fn validation_reports_every_problem() {
+        let e = errors(
+            r#"
+addr = "127.0.0.1:53"
+zone = "gslb.example.com"
+[[site]]
+name = "eu"
+addrs = ["192.0.2.1", "192.0.2.1", "x"]
+cidrs = ["10.0.0.0/8", "10.0.0.0/40"]
+countries = ["de"]
+continents = ["XX"]
+weight = 0
+[[site]]
+name = "eu"
+addrs = []
+[[name]]
+name = "api"
+sites = ["eu", "eu", "mars"]
+strategy = "closest"
+[[name]]
+name = "API"
+sites = []
+"#,
+        );
+        for want in [
+            "duplicate address",
+            "invalid address `x`",
+            "invalid CIDR `10.0.0.0/40`",
+            "invalid country `de`",
+            "invalid continent `XX`",
+            "need `gslb.geoip`",
+            "weight must be at least 1",
+            "duplicate site name `eu`",
+            "has no addrs",
+            "listed twice",
+            "site `mars`, which is not defined",
+            "unknown strategy `closest`",
+            "duplicate name `API`",
+            "has no sites",
+        ] {
+            assert!(e.iter().any(|m| m.contains(want)), "no {want:?} in {e:#?}");
+        }
+        assert!(errors("addr = \"127.0.0.1:53\"\nzone = \"bad zone\"")[0].contains("invalid zone"));
+        assert!(errors(
+            "addr = \"127.0.0.1:53\"\nzone = \"z.test\"\ngeoip = \"/nonexistent.mmdb\""
+        )[0]
+        .contains("MaxMind"));
+    }
+}

@@ -351,3 +351,109 @@ pub fn query(id: u16, name: &str, qtype: RecordType) -> Option<Message> {
         .add_query(Query::query(name, qtype));
     Some(m)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::Name;
+
+    fn gslb() -> (Gslb, GslbMetrics) {
+        (
+            super::super::tests::build(super::super::tests::TEXT),
+            GslbMetrics::register(&prometheus::Registry::new()),
+        )
+    }
+
+    fn ask(g: &(Gslb, GslbMetrics), m: &Message, transport: Transport) -> Message {
+        let bytes = answer(
+            &g.0,
+            &g.1,
+            &m.to_vec().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+            transport,
+        )
+        .expect("an answer");
+        Message::from_vec(&bytes).unwrap()
+    }
+
+    #[test]
+    fn rcodes() {
+        let g = gslb();
+        let q = |name: &str, t| query(7, name, t).unwrap();
+        let r = ask(&g, &q("F.gslb.example.com.", RecordType::A), Transport::Udp);
+        assert_eq!(r.response_code(), ResponseCode::NoError);
+        assert!(r.authoritative() && r.answers().len() == 1);
+        assert_eq!(r.id(), 7);
+        let r = ask(&g, &q("other.test.", RecordType::A), Transport::Udp);
+        assert_eq!(r.response_code(), ResponseCode::Refused);
+        assert!(!r.authoritative());
+        let r = ask(
+            &g,
+            &q("zz.gslb.example.com.", RecordType::A),
+            Transport::Udp,
+        );
+        assert_eq!(r.response_code(), ResponseCode::NXDomain);
+        assert_eq!(r.name_servers().len(), 1);
+        // Two questions: FORMERR. Another opcode: NOTIMP. EDNS version 1: BADVERS.
+        let mut two = q("f.gslb.example.com.", RecordType::A);
+        two.add_query(Query::query(
+            Name::from_ascii("l.gslb.example.com.").unwrap(),
+            RecordType::A,
+        ));
+        assert_eq!(
+            ask(&g, &two, Transport::Udp).response_code(),
+            ResponseCode::FormErr
+        );
+        let mut notify = q("f.gslb.example.com.", RecordType::A);
+        notify.set_op_code(OpCode::Notify);
+        assert_eq!(
+            ask(&g, &notify, Transport::Udp).response_code(),
+            ResponseCode::NotImp
+        );
+        let mut v1 = q("f.gslb.example.com.", RecordType::A);
+        let mut edns = Edns::new();
+        edns.set_version(1);
+        v1.set_edns(edns);
+        let r = ask(&g, &v1, Transport::Udp);
+        // BADVERS is 16 (hickory reads 16 back as its synonym BADSIG).
+        assert_eq!(u16::from(r.response_code()), 16);
+        // Responses and short datagrams are dropped.
+        let mut resp = q("f.gslb.example.com.", RecordType::A);
+        resp.set_message_type(MessageType::Response);
+        let ip = "127.0.0.1".parse().unwrap();
+        assert!(answer(&g.0, &g.1, &resp.to_vec().unwrap(), ip, Transport::Udp).is_none());
+        assert!(answer(&g.0, &g.1, &[1, 2, 3], ip, Transport::Udp).is_none());
+        assert_eq!(
+            g.1.queries
+                .with_label_values(&["none", "A", "REFUSED"])
+                .get(),
+            1
+        );
+        assert_eq!(g.1.answers.with_label_values(&["f", "a"]).get(), 1);
+    }
+
+    #[test]
+    fn ecs_is_echoed_with_the_scope() {
+        let g = gslb();
+        let mut m = query(9, "g.gslb.example.com.", RecordType::A).unwrap();
+        let mut edns = Edns::new();
+        edns.set_max_payload(1232);
+        let addr: IpAddr = "10.1.2.0".parse().unwrap();
+        edns.options_mut()
+            .insert(EdnsOption::Subnet(ClientSubnet::new(addr, 24, 0)));
+        m.set_edns(edns);
+        let r = ask(&g, &m, Transport::Udp);
+        let Some(EdnsOption::Subnet(cs)) = r
+            .extensions()
+            .as_ref()
+            .and_then(|e| e.options().get(EdnsCode::Subnet))
+        else {
+            panic!("no ECS echoed: {r:?}");
+        };
+        assert_eq!(
+            (cs.addr(), cs.source_prefix(), cs.scope_prefix()),
+            (addr, 24, 24)
+        );
+        assert!(matches!(r.answers()[0].data(), RData::A(a) if a.0.to_string() == "192.0.2.2"));
+    }
+}

@@ -769,3 +769,200 @@ impl GslbMetrics {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const TEXT: &str = r#"
+addr = "127.0.0.1:5353"
+zone = "gslb.example.com"
+[[site]]
+name = "a"
+addrs = ["192.0.2.1", "2001:db8::1"]
+cidrs = ["10.0.0.0/8", "10.1.0.0/16"]
+[[site]]
+name = "b"
+addrs = ["192.0.2.2"]
+cidrs = ["10.1.2.0/24"]
+weight = 3
+load = { url = "http://127.0.0.1:9/load", interval = "1s" }
+[[site]]
+name = "c"
+addrs = ["192.0.2.3"]
+load = { url = "http://127.0.0.1:9/load", interval = "1s" }
+[[name]]
+name = "f"
+sites = ["a", "b", "c"]
+[[name]]
+name = "g"
+strategy = "geo"
+sites = ["c", "a", "b"]
+[[name]]
+name = "l"
+strategy = "latency"
+sites = ["a", "b", "c"]
+[[name]]
+name = "ld"
+strategy = "load"
+sites = ["a", "b", "c"]
+[[name]]
+name = "w"
+strategy = "weighted"
+sites = ["a", "b"]
+[[name]]
+name = "x.y"
+sites = ["b"]
+"#;
+
+    pub(crate) fn build(text: &str) -> Gslb {
+        let g: GslbSection = toml::from_str(text).unwrap();
+        assert!(
+            config::validate(&g).is_empty(),
+            "{:?}",
+            config::validate(&g)
+        );
+        Gslb::build(&g, &GslbLive::default()).unwrap()
+    }
+
+    fn pick(g: &Gslb, name: &str, family: Option<Family>, client: Option<&str>) -> Choice {
+        let i = g.names.iter().position(|n| n.label == name).unwrap();
+        let client = client.map(|c| {
+            let (addr, prefix) = c.split_once('/').unwrap();
+            Client {
+                addr: addr.parse().unwrap(),
+                prefix: prefix.parse().unwrap(),
+            }
+        });
+        g.choose(i, family, client, Instant::now())
+    }
+
+    fn site(g: &Gslb, c: Choice) -> &str {
+        g.sites[c.site.unwrap()].name.as_str()
+    }
+
+    #[test]
+    fn failover_drain_and_fail_open() {
+        let g = build(TEXT);
+        assert_eq!(site(&g, pick(&g, "f", Some(Family::V4), None)), "a");
+        g.sites[0]
+            .live
+            .state
+            .healthy
+            .store(false, Ordering::Relaxed);
+        assert_eq!(site(&g, pick(&g, "f", Some(Family::V4), None)), "b");
+        g.set_draining("b", true).unwrap();
+        assert_eq!(site(&g, pick(&g, "f", Some(Family::V4), None)), "c");
+        g.sites[2]
+            .live
+            .state
+            .healthy
+            .store(false, Ordering::Relaxed);
+        // Nothing eligible: as if all were healthy, drained ones still left out.
+        let c = pick(&g, "f", Some(Family::V4), None);
+        assert!(c.fail_open);
+        assert_eq!(site(&g, c), "a");
+        assert!(g.set_draining("nope", true).is_err());
+        // Only a has IPv6: it answers AAAA (fail open: it is down); no IPv6 site: no data.
+        assert_eq!(site(&g, pick(&g, "f", Some(Family::V6), None)), "a");
+        assert_eq!(pick(&g, "x.y", Some(Family::V6), None).site, None);
+    }
+
+    #[test]
+    fn geo_longest_prefix_and_scope() {
+        let g = build(TEXT);
+        let c = pick(&g, "g", Some(Family::V4), Some("10.1.2.0/24"));
+        assert_eq!((site(&g, c), c.scope), ("b", 24));
+        let c = pick(&g, "g", Some(Family::V4), Some("10.1.9.0/24"));
+        assert_eq!((site(&g, c), c.scope), ("a", 16));
+        let c = pick(&g, "g", Some(Family::V4), Some("10.9.0.0/20"));
+        assert_eq!((site(&g, c), c.scope), ("a", 8));
+        // The client's known bits bound the scope.
+        let c = pick(&g, "g", Some(Family::V4), Some("10.1.2.0/12"));
+        assert_eq!(c.scope, 12);
+        // No match: failover order, scope = the client's prefix.
+        let c = pick(&g, "g", Some(Family::V4), Some("172.16.0.0/24"));
+        assert_eq!((site(&g, c), c.scope), ("c", 24));
+        // A matched site that is down: the next match, then failover order.
+        g.sites[1]
+            .live
+            .state
+            .healthy
+            .store(false, Ordering::Relaxed);
+        let c = pick(&g, "g", Some(Family::V4), Some("10.1.2.0/24"));
+        assert_eq!((site(&g, c), c.scope), ("a", 16));
+        // Other strategies ignore the client: scope 0.
+        assert_eq!(
+            pick(&g, "f", Some(Family::V4), Some("10.1.2.0/24")).scope,
+            0
+        );
+    }
+
+    #[test]
+    fn latency_and_load() {
+        let g = build(TEXT);
+        // No round trip known: list order.
+        assert_eq!(site(&g, pick(&g, "l", None, None)), "a");
+        g.sites[1].live.record_rtt(Duration::from_millis(5));
+        assert_eq!(
+            site(&g, pick(&g, "l", None, None)),
+            "b",
+            "known before unknown"
+        );
+        g.sites[0].live.record_rtt(Duration::from_millis(2));
+        assert_eq!(site(&g, pick(&g, "l", None, None)), "a");
+        // EWMA: one slow sample moves a's 2 ms by 30 % of the difference.
+        g.sites[0].live.record_rtt(Duration::from_millis(12));
+        assert_eq!(g.sites[0].live.rtt(), Some(Duration::from_millis(5)));
+
+        let now = Instant::now();
+        let ld = g.names.iter().position(|n| n.label == "ld").unwrap();
+        let at = |later: u64| {
+            let c = g.choose(ld, None, None, now + Duration::from_millis(later));
+            g.sites[c.site.unwrap()].name.clone()
+        };
+        g.sites[1].live.record_load(0.7, now);
+        g.sites[2].live.record_load(0.2, now);
+        assert_eq!(at(0), "c");
+        assert_eq!(at(2900), "c");
+        // Older than three intervals: unknown, ranked after known ones (a has no poll).
+        g.sites[1]
+            .live
+            .record_load(0.9, now + Duration::from_millis(1000));
+        assert_eq!(at(3100), "b");
+        assert_eq!(at(4100), "a", "no fresh report at all: list order");
+    }
+
+    #[test]
+    fn weighted_in_proportion() {
+        let g = build(TEXT);
+        let n = 20_000;
+        let b = (0..n)
+            .filter(|_| site(&g, pick(&g, "w", None, None)) == "b")
+            .count();
+        let share = b as f64 / n as f64;
+        assert!((0.72..0.78).contains(&share), "{share}");
+        g.sites[1]
+            .live
+            .state
+            .healthy
+            .store(false, Ordering::Relaxed);
+        assert!((0..100).all(|_| site(&g, pick(&g, "w", None, None)) == "a"));
+    }
+
+    #[test]
+    fn admin_json_shape() {
+        let g = build(TEXT);
+        let v = g.admin_json();
+        assert_eq!(v["sites"][0]["name"], "a");
+        assert_eq!(v["sites"][0]["healthy"], true);
+        assert_eq!(v["sites"][0]["draining"], false);
+        assert!(v["sites"][0]["rtt_ms"].is_null() && v["sites"][0]["load"].is_null());
+        assert_eq!(v["names"][0]["name"], "f.gslb.example.com");
+        assert_eq!(v["names"][0]["strategy"], "failover");
+        assert_eq!(v["names"][0]["answer"], "a");
+        // x.y makes y an empty non-terminal.
+        let y = LowerName::new(&Name::from_ascii("y.gslb.example.com.").unwrap());
+        assert!(g.is_empty_non_terminal(&y));
+    }
+}
