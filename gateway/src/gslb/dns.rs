@@ -37,6 +37,17 @@ pub enum Transport {
     Tcp,
 }
 
+/// Every `qtype` label value.
+pub const QTYPE_LABELS: [&str; 16] = [
+    "A", "AAAA", "SOA", "NS", "ANY", "CNAME", "MX", "TXT", "SRV", "PTR", "CAA", "HTTPS", "SVCB",
+    "DS", "DNSKEY", "OTHER",
+];
+
+/// Every `rcode` label value.
+pub const RCODE_LABELS: [&str; 8] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "OTHER",
+];
+
 /// The `qtype` label of a query type (a bounded set: anything else is `OTHER`).
 fn qtype_label(t: RecordType) -> &'static str {
     match t {
@@ -97,27 +108,27 @@ pub fn answer(
     };
     let mut out = Answer::default();
     let response = respond(gslb, metrics, &request, source, &mut out);
-    metrics
-        .queries
-        .with_label_values(&[
-            out.name_label.unwrap_or("none"),
-            out.qtype,
-            rcode_label(response.response_code()),
-        ])
-        .inc();
+    let rcode = rcode_label(response.response_code());
+    match out.name {
+        Some(index) => gslb.count_query(metrics, index, out.qtype, rcode),
+        None => metrics
+            .queries
+            .with_label_values(&["none", out.qtype, rcode])
+            .inc(),
+    }
     finish(response, &request, transport)
 }
 
 /// What [`respond`] found out for the metrics.
-struct Answer<'g> {
-    name_label: Option<&'g str>,
+struct Answer {
+    name: Option<usize>,
     qtype: &'static str,
 }
 
-impl Default for Answer<'_> {
+impl Default for Answer {
     fn default() -> Self {
         Self {
-            name_label: None,
+            name: None,
             qtype: "OTHER",
         }
     }
@@ -161,12 +172,12 @@ fn soa_record(gslb: &Gslb) -> Record {
     Record::from_rdata(gslb.apex.clone(), gslb.ttl, RData::SOA(soa))
 }
 
-fn respond<'g>(
-    gslb: &'g Gslb,
+fn respond(
+    gslb: &Gslb,
     metrics: &GslbMetrics,
     request: &Message,
     source: IpAddr,
-    out: &mut Answer<'g>,
+    out: &mut Answer,
 ) -> Message {
     let mut m = base_response(request);
     if request.op_code() != OpCode::Query {
@@ -214,7 +225,7 @@ fn respond<'g>(
     match gslb.name_index(&qname) {
         Some(index) => {
             let name = &gslb.names[index];
-            out.name_label = Some(name.label.as_str());
+            out.name = Some(index);
             let family = match qtype {
                 RecordType::A => Some(Some(Family::V4)),
                 RecordType::AAAA => Some(Some(Family::V6)),

@@ -241,6 +241,8 @@ pub struct GslbName {
     nets: Vec<(IpNet, usize)>,
     /// Cached `switchyard_gslb_answers_total` children, per site of `sites`.
     answer_counters: Vec<std::sync::OnceLock<IntCounter>>,
+    /// Cached `switchyard_gslb_queries_total` children, by (qtype, rcode) label index.
+    query_counters: Vec<std::sync::OnceLock<IntCounter>>,
 }
 
 /// What a strategy chose for one query.
@@ -410,6 +412,9 @@ impl Gslb {
                     .and_then(|s| Strategy::parse(s.get_ref()))
                     .unwrap_or(Strategy::Failover),
                 answer_counters: site_ix.iter().map(|_| Default::default()).collect(),
+                query_counters: (0..dns::QTYPE_LABELS.len() * dns::RCODE_LABELS.len())
+                    .map(|_| Default::default())
+                    .collect(),
                 sites: site_ix,
                 ttl: ttl_secs(n.ttl.as_ref(), ttl),
                 nets,
@@ -599,6 +604,32 @@ impl Gslb {
                     .with_label_values(&[name.label.as_str(), self.sites[site].name.as_str()])
             })
             .inc();
+        }
+    }
+
+    /// Count a query for name `index` (cached metric children: no label hashing after the
+    /// first query of each type and rcode).
+    pub fn count_query(&self, metrics: &GslbMetrics, index: usize, qtype: &str, rcode: &str) {
+        let Some(name) = self.names.get(index) else {
+            return;
+        };
+        let q = dns::QTYPE_LABELS.iter().position(|&l| l == qtype);
+        let r = dns::RCODE_LABELS.iter().position(|&l| l == rcode);
+        let cell = q
+            .zip(r)
+            .and_then(|(q, r)| name.query_counters.get(q * dns::RCODE_LABELS.len() + r));
+        match cell {
+            Some(cell) => cell
+                .get_or_init(|| {
+                    metrics
+                        .queries
+                        .with_label_values(&[name.label.as_str(), qtype, rcode])
+                })
+                .inc(),
+            None => metrics
+                .queries
+                .with_label_values(&[name.label.as_str(), qtype, rcode])
+                .inc(),
         }
     }
 
