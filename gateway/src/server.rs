@@ -54,6 +54,12 @@ pub fn run(config: Config, registry: Registry, options: RunOptions) -> i32 {
         }
     };
     if let Some(g) = shared.runtime.load().gslb.as_deref() {
+        // An upgrade shares the DNS address with the old process until it exits.
+        shared
+            .live
+            .gslb
+            .reuse_port
+            .store(options.upgrade, Ordering::Relaxed);
         if let Err(e) = shared.live.gslb.prepare(g.addr) {
             eprintln!("error: {e}");
             return 1;

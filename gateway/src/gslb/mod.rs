@@ -114,16 +114,37 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// Bind UDP and TCP on `addr` (non-blocking, ready for tokio).
-    pub fn bind(addr: SocketAddr) -> Result<Self, String> {
-        let udp = std::net::UdpSocket::bind(addr)
-            .map_err(|e| format!("gslb: cannot bind UDP {addr}: {e}"))?;
-        let tcp = std::net::TcpListener::bind(addr)
-            .map_err(|e| format!("gslb: cannot bind TCP {addr}: {e}"))?;
-        udp.set_nonblocking(true)
-            .and_then(|()| tcp.set_nonblocking(true))
-            .map_err(|e| format!("gslb: {addr}: {e}"))?;
-        Ok(Self { addr, udp, tcp })
+    /// Bind UDP and TCP on `addr` (non-blocking, ready for tokio). With `reuse_port`
+    /// (a `-u` upgrade, while the old process still holds the address) both sockets set
+    /// `SO_REUSEPORT`, so the two processes share the address until the old one exits.
+    pub fn bind(addr: SocketAddr, reuse_port: bool) -> Result<Self, String> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let make = |ty: Type, proto: Protocol, what: &str| -> Result<Socket, String> {
+            let err = |e: std::io::Error| format!("gslb: cannot bind {what} {addr}: {e}");
+            let s = Socket::new(Domain::for_address(addr), ty, Some(proto)).map_err(err)?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true).map_err(err)?;
+            }
+            if ty == Type::STREAM {
+                s.set_reuse_address(true).map_err(err)?;
+            }
+            if reuse_port {
+                s.set_reuse_port(true).map_err(err)?;
+            }
+            s.bind(&addr.into()).map_err(err)?;
+            if ty == Type::STREAM {
+                s.listen(1024).map_err(err)?;
+            }
+            s.set_nonblocking(true).map_err(err)?;
+            Ok(s)
+        };
+        let udp = make(Type::DGRAM, Protocol::UDP, "UDP")?;
+        let tcp = make(Type::STREAM, Protocol::TCP, "TCP")?;
+        Ok(Self {
+            addr,
+            udp: udp.into(),
+            tcp: tcp.into(),
+        })
     }
 }
 
@@ -135,6 +156,8 @@ pub struct GslbLive {
     pending: Mutex<Option<Bound>>,
     /// The address the responder serves on now (set by the service).
     serving: Mutex<Option<SocketAddr>>,
+    /// Bind with `SO_REUSEPORT` (set for a `-u` upgrade).
+    pub reuse_port: std::sync::atomic::AtomicBool,
 }
 
 impl GslbLive {
@@ -155,7 +178,7 @@ impl GslbLive {
         if pending.as_ref().is_some_and(|b| b.addr == addr) {
             return Ok(false);
         }
-        *pending = Some(Bound::bind(addr)?);
+        *pending = Some(Bound::bind(addr, self.reuse_port.load(Ordering::Relaxed))?);
         Ok(true)
     }
 

@@ -280,9 +280,15 @@ impl GslbService {
                 return;
             }
             if serving.as_ref().map(|s| s.addr) != Some(gslb.addr) {
-                let bound = live
-                    .take(gslb.addr)
-                    .map_or_else(|| Bound::bind(gslb.addr), Ok);
+                let bound = live.take(gslb.addr).map_or_else(
+                    || {
+                        Bound::bind(
+                            gslb.addr,
+                            live.reuse_port.load(std::sync::atomic::Ordering::Relaxed),
+                        )
+                    },
+                    Ok,
+                );
                 match bound.and_then(|b| self.start_serving(b)) {
                     Ok(s) => {
                         live.set_serving(Some(s.addr));
