@@ -236,16 +236,17 @@ fn respond(
                 let choice = gslb.choose(
                     index,
                     family,
-                    Some(client.map_or(
-                        Client {
-                            addr: source,
-                            prefix: if source.is_ipv4() { 32 } else { 128 },
-                        },
-                        |(c, _)| c,
-                    )),
+                    Some(client.and_then(|(c, _)| c).unwrap_or(Client {
+                        addr: source,
+                        prefix: if source.is_ipv4() { 32 } else { 128 },
+                    })),
                     Instant::now(),
                 );
-                scope = choice.scope;
+                // An ECS /0 gets scope 0 whatever the answer depended on.
+                scope = match client {
+                    Some((None, _)) => 0,
+                    _ => choice.scope,
+                };
                 if choice.fail_open {
                     metrics
                         .fail_open
@@ -294,19 +295,18 @@ fn respond(
 }
 
 /// The client named by an ECS option of the query, with the option itself.
-fn client_of(request: &Message) -> Option<(Client, ClientSubnet)> {
+fn client_of(request: &Message) -> Option<(Option<Client>, ClientSubnet)> {
     let edns = request.extensions().as_ref()?;
     let Some(EdnsOption::Subnet(cs)) = edns.options().get(EdnsCode::Subnet) else {
         return None;
     };
     let max = if cs.addr().is_ipv4() { 32 } else { 128 };
-    Some((
-        Client {
-            addr: cs.addr(),
-            prefix: cs.source_prefix().min(max),
-        },
-        *cs,
-    ))
+    let prefix = cs.source_prefix().min(max);
+    // Bits past the source prefix carry nothing (RFC 7871 says they must be zero).
+    let addr = ipnet::IpNet::new(cs.addr(), prefix).map_or(cs.addr(), |n| n.network());
+    // A source prefix of 0 means "do not use my address": the query's source is used.
+    let client = (prefix > 0).then_some(Client { addr, prefix });
+    Some((client, *cs))
 }
 
 /// Put an OPT record on the answer when the query had one, with the ECS option echoed
@@ -466,5 +466,34 @@ mod tests {
             (addr, 24, 24)
         );
         assert!(matches!(r.answers()[0].data(), RData::A(a) if a.0.to_string() == "192.0.2.2"));
+        // A /0 means "not my address": the source (127.0.0.1, no match) is used, scope 0.
+        // Bits past the source prefix are ignored.
+        let ask_ecs = |ip: &str, prefix: u8| {
+            let mut m = query(9, "g.gslb.example.com.", RecordType::A).unwrap();
+            let mut edns = Edns::new();
+            edns.options_mut()
+                .insert(EdnsOption::Subnet(ClientSubnet::new(
+                    ip.parse().unwrap(),
+                    prefix,
+                    0,
+                )));
+            m.set_edns(edns);
+            let r = ask(&g, &m, Transport::Udp);
+            let scope = match r
+                .extensions()
+                .as_ref()
+                .and_then(|e| e.options().get(EdnsCode::Subnet))
+            {
+                Some(EdnsOption::Subnet(cs)) => cs.scope_prefix(),
+                _ => panic!("no ECS echoed"),
+            };
+            let a = match r.answers()[0].data() {
+                RData::A(a) => a.0.to_string(),
+                _ => panic!("not an A"),
+            };
+            (a, scope)
+        };
+        assert_eq!(ask_ecs("0.0.0.0", 0), ("192.0.2.3".to_owned(), 0));
+        assert_eq!(ask_ecs("10.9.9.9", 8), ("192.0.2.1".to_owned(), 8));
     }
 }
