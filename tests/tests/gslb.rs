@@ -650,3 +650,14 @@ fn configuration_errors_name_file_line_and_column() {
     let check = check_config(&ok);
     assert_eq!(check.output.code, Some(0), "{:?}", check.output);
 }
+
+#[test]
+fn the_shipped_example_is_valid() {
+    let path = switchyard_tests::workspace_root().join("conf/gslb.toml");
+    let out = switchyard_tests::run_gateway(
+        &["-c", &path.to_string_lossy(), "-t"],
+        Duration::from_secs(10),
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.stdout.contains("configuration ok"), "{out:?}");
+}
