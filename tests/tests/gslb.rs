@@ -661,3 +661,31 @@ fn the_shipped_example_is_valid() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.stdout.contains("configuration ok"), "{out:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gslb_admin_needs_the_admin_token() {
+    let port = free_port();
+    let text = config(
+        port,
+        "[[gslb.site]]\nname = \"a\"\naddrs = [\"192.0.2.1\"]\n\n[[gslb.name]]\nname = \"api\"\nsites = [\"a\"]\n",
+    )
+    .replace("\n\n[gslb]", "\ntoken = \"s3cret\"\n\n[gslb]");
+    let gw = Gateway::start(&text).await;
+    for (method, path) in [
+        ("GET", "/admin/gslb"),
+        ("POST", "/admin/gslb/sites/a/drain"),
+    ] {
+        let (status, _) = admin(gw.admin_port(), method, path).await;
+        assert_eq!(status, 401, "{method} {path} without the token");
+    }
+    let mut c = Client::connect(gw.admin_port()).await;
+    c.send("GET /admin/gslb HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n")
+        .await;
+    let r = c.read_response().await;
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(
+        v["sites"][0]["draining"], false,
+        "the unauthorised drain did nothing: {v}"
+    );
+}
