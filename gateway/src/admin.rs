@@ -58,6 +58,7 @@ impl Admin {
                             "ejected": b.state.is_ejected_at(now),
                             "active_requests": b.plugin.load.in_flight(),
                             "ewma_ms": b.plugin.load.ewma().map(|d| d.as_secs_f64() * 1000.0),
+                            "priority": b.priority,
                         })
                     })
                     .collect();
@@ -171,6 +172,26 @@ impl Admin {
             ) => {
                 let addr = percent_decode(addr);
                 self.set_draining(u, &addr, *action == "drain")
+            }
+            (&Method::GET, ["admin", "gslb"]) => match self.shared.runtime.load().gslb.as_deref() {
+                Some(g) => json_response(StatusCode::OK, &g.admin_json()),
+                None => text(StatusCode::NOT_FOUND, "no [gslb] configured"),
+            },
+            (&Method::POST, ["admin", "gslb", "sites", site, action @ ("drain" | "enable")]) => {
+                let site = percent_decode(site);
+                let rt = self.shared.runtime.load();
+                match rt
+                    .gslb
+                    .as_deref()
+                    .map(|g| g.set_draining(&site, *action == "drain"))
+                {
+                    Some(Ok(v)) => json_response(StatusCode::OK, &v),
+                    Some(Err(e)) => text(StatusCode::NOT_FOUND, &e),
+                    None => text(StatusCode::NOT_FOUND, "no [gslb] configured"),
+                }
+            }
+            (_, ["admin", "gslb", ..]) => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             (&Method::POST, ["admin", "reload"]) => match crate::server::reload(&self.shared) {
                 Ok(summary) => text(StatusCode::OK, &summary),

@@ -103,6 +103,8 @@ pub struct Metrics {
     downstream_connections: IntGaugeVec,
     /// `switchyard_stream_*`: the L4 streams' metrics, in the same registry.
     pub stream: crate::stream::metrics::StreamMetrics,
+    /// The GSLB responder's metrics.
+    pub gslb: crate::gslb::GslbMetrics,
 }
 
 /// Histogram buckets of request duration, in seconds.
@@ -212,6 +214,7 @@ impl Metrics {
                 &["listener"],
             ),
             stream: crate::stream::metrics::StreamMetrics::new(&r),
+            gslb: crate::gslb::GslbMetrics::register(&r),
             registry: r,
         };
         for result in ["ok", "error"] {
@@ -352,6 +355,7 @@ impl Metrics {
                     .set(i64::from(b.plugin.load.in_flight()));
             }
         }
+        self.gslb.refresh(runtime.gslb.as_deref());
         let mut out = Vec::with_capacity(16 * 1024);
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::error!("metrics encoding failed: {e}");

@@ -157,7 +157,7 @@ enum Framing {
 }
 
 /// `GET path` and the body of a 2xx answer, at most [`MAX_REPORT_BYTES`].
-async fn fetch(socket: SocketAddr, host: &str, path: &str) -> Result<Vec<u8>, String> {
+pub(crate) async fn fetch(socket: SocketAddr, host: &str, path: &str) -> Result<Vec<u8>, String> {
     let mut stream = TcpStream::connect(socket)
         .await
         .map_err(|e| format!("connect: {e}"))?;

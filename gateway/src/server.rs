@@ -53,6 +53,18 @@ pub fn run(config: Config, registry: Registry, options: RunOptions) -> i32 {
             return 1;
         }
     };
+    if let Some(g) = shared.runtime.load().gslb.as_deref() {
+        // An upgrade shares the DNS address with the old process until it exits.
+        shared
+            .live
+            .gslb
+            .reuse_port
+            .store(options.upgrade, Ordering::Relaxed);
+        if let Err(e) = shared.live.gslb.prepare(g.addr) {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    }
 
     let mut conf = ServerConf {
         threads: server_section.threads,
@@ -131,6 +143,10 @@ pub fn run(config: Config, registry: Registry, options: RunOptions) -> i32 {
             return 1;
         }
     }
+    server.add_service(crate::gslb::server::GslbService::service(
+        shared.clone(),
+        server_section.threads,
+    ));
 
     if options.demo {
         for service in crate::demo::backend_services() {
@@ -191,6 +207,12 @@ fn reload_inner(
     }
     if config.admin.addr != current.config.admin.addr {
         notes.push("admin address changes need a restart");
+    }
+    if let Some(g) = &config.gslb {
+        // Bind a new responder address before the swap: a bind failure fails the reload.
+        if shared.live.gslb.prepare(*g.addr.get_ref())? {
+            notes.push("gslb.addr changed: the responder moved to the new address");
+        }
     }
     let runtime = compile(config, &shared.registry, &shared.live)?;
     let refreshed = crate::tls::reload_certificates(&runtime.config)?;

@@ -30,6 +30,8 @@ pub struct Runtime {
     pub session_store: SessionStoreConfig,
     /// Per route (same order as `routes`): the metric children its requests update.
     pub route_metrics: Vec<crate::metrics::RouteMetrics>,
+    /// `[gslb]`, compiled: the DNS responder's zone and sites.
+    pub gslb: Option<Arc<crate::gslb::Gslb>>,
 }
 
 /// Everything the gateway's services share.
@@ -109,6 +111,11 @@ pub fn compile(
         })
         .collect::<Result<Vec<_>, String>>()?;
     let route_metrics = routes.routes().iter().map(|_| Default::default()).collect();
+    let gslb = config
+        .gslb
+        .as_ref()
+        .map(|g| crate::gslb::Gslb::build(g, &live.gslb).map(Arc::new))
+        .transpose()?;
     Ok(Runtime {
         config,
         route_metrics,
@@ -116,6 +123,7 @@ pub fn compile(
         upstreams,
         affinity,
         session_store,
+        gslb,
     })
 }
 

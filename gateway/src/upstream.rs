@@ -208,6 +208,8 @@ pub struct BackendRegistry {
     entries: Mutex<HashMap<BackendKey, BackendEntry>>,
     /// The backends of the last committed configuration; `None` before the first.
     in_use: Mutex<Option<HashSet<BackendKey>>>,
+    /// GSLB sites' live state (by site name) and the responder's pending sockets.
+    pub gslb: crate::gslb::GslbLive,
 }
 
 impl BackendRegistry {
@@ -311,6 +313,8 @@ pub struct BackendRuntime {
     pub state: Arc<BackendState>,
     /// The peer template cloned for each request.
     pub peer: HttpPeer,
+    /// Its tier (`priority`; 0 is the first).
+    pub priority: u32,
 }
 
 /// A compiled upstream.
@@ -343,6 +347,8 @@ pub struct UpstreamRuntime {
     eject_lock: Mutex<()>,
     /// Retries may add at most 20% of this upstream's requests over 10 s.
     pub retry_budget: crate::retry_budget::RetryBudget,
+    /// Backend tiers, when the backends have more than one `priority`.
+    tiers: Option<crate::tiers::Tiers>,
 }
 
 /// How the last pick found its backend, for logging each transition once.
@@ -453,6 +459,7 @@ impl UpstreamRuntime {
                     socket: *socket,
                     state,
                     peer,
+                    priority: b.priority,
                 }
             })
             .collect();
@@ -467,7 +474,6 @@ impl UpstreamRuntime {
         Ok(Self {
             name,
             algorithm: section.algorithm.get_ref().clone(),
-            backends,
             balancer,
             hash_key: section
                 .hash_key
@@ -484,6 +490,8 @@ impl UpstreamRuntime {
             retry_budget: Default::default(),
             mode: AtomicU8::new(PickMode::Normal as u8),
             eject_lock: Mutex::new(()),
+            tiers: crate::tiers::Tiers::of(&backends),
+            backends,
         })
     }
 
@@ -492,6 +500,11 @@ impl UpstreamRuntime {
     fn may_pick(&self, i: usize, pass: &Pass, seen: &Seen) -> bool {
         if Some(i) == pass.avoid {
             return false;
+        }
+        if let (Some(t), Some(tiers)) = (pass.tier, &self.tiers) {
+            if tiers.tier_of(i) != t {
+                return false;
+            }
         }
         let b = &self.backends[i];
         let s = &b.state;
@@ -546,24 +559,54 @@ impl UpstreamRuntime {
     /// mode); when no backend is healthy and not draining, `None` (the proxy answers 503).
     /// With every backend eligible and none in a ramp this is one balancer pick and a few
     /// relaxed atomic loads per backend looked at; it never locks or allocates.
+    ///
+    /// With backend tiers (`priority`), the tier is chosen first by Envoy's priority load
+    /// ([`crate::tiers`]) and the pick is restricted to it; when nothing of that tier can be
+    /// picked (or only the avoided backend), the pick runs over every tier.
     pub fn pick(
         &self,
         client_ip: Option<IpAddr>,
         key: Option<&[u8]>,
         avoid: Option<usize>,
     ) -> Option<usize> {
+        if let Some(tiers) = &self.tiers {
+            if let Some(tier) = tiers.choose(&self.backends) {
+                if let Some(i) = self.pick_from(client_ip, key, avoid, Some(tier)) {
+                    self.note_mode(PickMode::Normal);
+                    return Some(i);
+                }
+            }
+        }
+        self.pick_from(client_ip, key, avoid, None)
+    }
+
+    /// [`pick`](Self::pick) within one tier (`Some`: the avoided backend is never taken and
+    /// the pick mode is not logged) or over every backend (`None`).
+    fn pick_from(
+        &self,
+        client_ip: Option<IpAddr>,
+        key: Option<&[u8]>,
+        avoid: Option<usize>,
+        tier: Option<usize>,
+    ) -> Option<usize> {
         let seen = Seen::default();
         let avoids = [avoid, None];
-        let avoids = if avoid.is_some() {
+        let avoids = if avoid.is_some() && tier.is_none() {
             &avoids[..]
         } else {
-            &avoids[1..]
+            &avoids[..1]
+        };
+        let note = |mode| {
+            if tier.is_none() {
+                self.note_mode(mode);
+            }
         };
         for &avoid in avoids {
             let strict = Pass {
                 avoid,
                 ignore_ejection: false,
                 ramp: self.ramp == RampMode::Filter,
+                tier,
             };
             if let Some(mut i) = self.pick_pass(client_ip, key, strict, &seen) {
                 if self.ramp == RampMode::Redraw {
@@ -578,7 +621,7 @@ impl UpstreamRuntime {
                         }
                     }
                 }
-                self.note_mode(PickMode::Normal);
+                note(PickMode::Normal);
                 return Some(i);
             }
             if seen.ramped.get() {
@@ -588,7 +631,7 @@ impl UpstreamRuntime {
                     ..strict
                 };
                 if let Some(i) = self.pick_pass(client_ip, key, pass, &seen) {
-                    self.note_mode(PickMode::Normal);
+                    note(PickMode::Normal);
                     return Some(i);
                 }
             }
@@ -597,14 +640,15 @@ impl UpstreamRuntime {
                     avoid,
                     ignore_ejection: true,
                     ramp: false,
+                    tier,
                 };
                 if let Some(i) = self.pick_pass(client_ip, key, panic, &seen) {
-                    self.note_mode(PickMode::Panic);
+                    note(PickMode::Panic);
                     return Some(i);
                 }
             }
         }
-        self.note_mode(PickMode::Nothing);
+        note(PickMode::Nothing);
         None
     }
 
@@ -758,6 +802,8 @@ struct Pass {
     avoid: Option<usize>,
     ignore_ejection: bool,
     ramp: bool,
+    /// Only backends of this tier.
+    tier: Option<usize>,
 }
 
 /// What the passes of one pick saw.

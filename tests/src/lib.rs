@@ -7,9 +7,11 @@
 
 mod backend;
 mod client;
+pub mod dns;
 mod gateway;
 pub mod load_backend;
 pub mod stream_backend;
+pub mod mmdb;
 pub mod tls_backend;
 mod wire;
 

@@ -211,6 +211,10 @@ pub struct BackendSection {
     /// Relative weight, at least 1.
     #[serde(default = "one")]
     pub weight: Spanned<u32>,
+    /// Tier: 0 (the default) is the first; higher tiers take traffic only as lower ones
+    /// fail (see [`crate::upstream`], "Backend tiers").
+    #[serde(default)]
+    pub priority: u32,
 }
 
 fn one() -> Spanned<u32> {
@@ -416,3 +420,5 @@ pub struct StreamSection {
     /// How long a client has to send its ClientHello (tls-passthrough) or PROXY header.
     pub handshake_timeout: Option<ConfigDuration>,
 }
+/// `[gslb]`: the authoritative DNS responder (see [`crate::gslb`]).
+pub type GslbSection = crate::gslb::config::GslbSection;

@@ -50,6 +50,8 @@ pub struct Config {
     pub resolved: Vec<Vec<SocketAddr>>,
     /// Each route's filters, built and checked (same order as `routes`).
     pub route_filters: Vec<std::sync::Arc<switchyard_filters::RouteFilters>>,
+    /// `[gslb]`, the authoritative DNS responder.
+    pub gslb: Option<GslbSection>,
 }
 
 impl Config {
@@ -86,6 +88,7 @@ impl Config {
         let mut upstreams = Vec::new();
         let mut streams = Vec::new();
         let mut stream_tables = 0;
+        let mut gslb = None;
         for (key, value) in doc.get_ref().iter() {
             match key.get_ref().as_ref() {
                 "server" => server = section::<ServerSection>(&mut sink, value),
@@ -101,10 +104,11 @@ impl Config {
                     stream_tables = value.get_ref().as_array().map_or(1, |a| a.len());
                     streams = array::<StreamSection>(&mut sink, "stream", value);
                 }
+                "gslb" => gslb = section::<GslbSection>(&mut sink, value),
                 other => sink.at(
                     Some(key.span()),
                     format!(
-                        "unknown section `{other}`, expected one of `server`, `admin`, `session_store`, `listener`, `route`, `upstream`, `stream`"
+                        "unknown section `{other}`, expected one of `server`, `admin`, `session_store`, `listener`, `route`, `upstream`, `stream`, `gslb`"
                     ),
                 ),
             }
@@ -121,7 +125,14 @@ impl Config {
             trusted_proxies: Vec::new(),
             resolved: Vec::new(),
             route_filters: Vec::new(),
+            gslb: None,
         };
+        if let Some(g) = gslb {
+            for (span, message) in crate::gslb::config::validate(&g) {
+                sink.at(span, message);
+            }
+            config.gslb = Some(g);
+        }
         config.validate(&mut sink, registry, listener_tables, stream_tables);
         if sink.is_empty() {
             Ok(config)
@@ -189,12 +200,12 @@ impl Config {
         }
 
         // Listeners.
-        // Something must serve traffic: HTTP listeners or L4 streams.
-        let serves_traffic = listener_tables > 0 || stream_tables > 0;
+        // Something must serve traffic: HTTP listeners, L4 streams or the GSLB responder.
+        let serves_traffic = listener_tables > 0 || stream_tables > 0 || self.gslb.is_some();
         if !serves_traffic {
             sink.at(
                 None,
-                "no [[listener]] and no [[stream]]: expected at least one listener or stream",
+                "no [[listener]], no [[stream]] and no [gslb]: expected at least one listener, stream or gslb responder",
             );
         }
         let mut names = HashSet::new();
@@ -339,6 +350,18 @@ impl Config {
                 }
             }
             self.resolved.push(resolved);
+            let tiers: HashSet<u32> = u.backends.get_ref().iter().map(|b| b.priority).collect();
+            if tiers.len() > crate::tiers::MAX_TIERS {
+                sink.at(
+                    Some(u.backends.span()),
+                    format!(
+                        "upstream `{}` uses {} priorities: expected at most {}",
+                        u.name.get_ref(),
+                        tiers.len(),
+                        crate::tiers::MAX_TIERS
+                    ),
+                );
+            }
             if let Some(key) = &u.hash_key {
                 if let Err(msg) = validate_hash_key(key.get_ref()) {
                     sink.at(Some(key.span()), msg);
