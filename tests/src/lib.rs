@@ -10,8 +10,8 @@ mod client;
 pub mod dns;
 mod gateway;
 pub mod load_backend;
-pub mod stream_backend;
 pub mod mmdb;
+pub mod stream_backend;
 pub mod tls_backend;
 mod wire;
 
