@@ -20,6 +20,7 @@ pub mod resource;
 pub mod retry_budget;
 pub mod router;
 pub mod server;
+pub mod server_name;
 pub mod state;
 pub mod stream;
 pub mod tiers;

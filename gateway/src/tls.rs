@@ -37,6 +37,7 @@ use pingora_core::upstreams::peer::{HttpPeer, Scheme};
 use pingora_core::utils::tls::CertKey;
 
 use crate::config::{ListenerSection, ListenerTls, SniEntry, UpstreamSection, UpstreamTls};
+use crate::server_name::ServerNameTable;
 
 /// Read a PEM certificate chain (leaf first) and its private key, and check that they
 /// belong together. The error names the file and what is wrong with it.
@@ -87,18 +88,8 @@ pub fn load_private_key(path: &str) -> Result<PKey<Private>, String> {
     })
 }
 
-/// Whether `name` is acceptable as an `sni` name: a host name, optionally `*.` + host name.
 fn valid_server_name(name: &str) -> bool {
-    let bare = name.strip_prefix("*.").unwrap_or(name);
-    !bare.is_empty()
-        && bare.len() <= 253
-        && bare.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+    crate::server_name::is_valid(name)
 }
 
 fn normalize(name: &str) -> String {
@@ -108,16 +99,17 @@ fn normalize(name: &str) -> String {
 /// A listener's certificates, chosen per handshake by the client's server name.
 pub struct CertStore {
     default: Arc<CertKey>,
-    exact: HashMap<String, Arc<CertKey>>,
-    /// `*.example.com` entries, keyed by `example.com`.
-    wildcard: HashMap<String, Arc<CertKey>>,
+    /// The `sni` certificates by name (exact, then longest wildcard).
+    names: ServerNameTable<Arc<CertKey>>,
 }
 
 impl std::fmt::Debug for CertStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CertStore")
-            .field("exact", &self.exact.keys().collect::<Vec<_>>())
-            .field("wildcard", &self.wildcard.keys().collect::<Vec<_>>())
+            .field(
+                "names",
+                &self.names.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -134,8 +126,7 @@ impl CertStore {
                 None
             }
         };
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
+        let mut names = ServerNameTable::default();
         for (i, entry) in sni.iter().enumerate() {
             let name = normalize(&entry.name);
             if !valid_server_name(&name) {
@@ -152,11 +143,7 @@ impl CertStore {
                     continue;
                 }
             };
-            let (map, key) = match name.strip_prefix("*.") {
-                Some(suffix) => (&mut wildcard, suffix.to_owned()),
-                None => (&mut exact, name.clone()),
-            };
-            if map.insert(key, ck).is_some() {
+            if names.insert(&name, ck).is_err() {
                 errors.push(format!(
                     "sni[{i}].name `{}`: duplicate name: each name may appear once",
                     entry.name
@@ -164,11 +151,7 @@ impl CertStore {
             }
         }
         match default {
-            Some(default) if errors.is_empty() => Ok(CertStore {
-                default,
-                exact,
-                wildcard,
-            }),
+            Some(default) if errors.is_empty() => Ok(CertStore { default, names }),
             _ => Err(errors),
         }
     }
@@ -177,20 +160,9 @@ impl CertStore {
     /// Exact names win; then the longest wildcard suffix (`*.example.com` covers
     /// `a.example.com` and `a.b.example.com`); then the listener's own certificate.
     pub fn select(&self, server_name: Option<&str>) -> &CertKey {
-        let Some(name) = server_name.map(normalize) else {
-            return &self.default;
-        };
-        if let Some(ck) = self.exact.get(&name) {
-            return ck;
-        }
-        let mut rest = name.as_str();
-        while let Some((_, suffix)) = rest.split_once('.') {
-            if let Some(ck) = self.wildcard.get(suffix) {
-                return ck;
-            }
-            rest = suffix;
-        }
-        &self.default
+        server_name
+            .and_then(|name| self.names.lookup(name))
+            .unwrap_or(&self.default)
     }
 
     /// Warn (in the gateway's log) about certificates that have expired.
@@ -198,9 +170,7 @@ impl CertStore {
         let Ok(now) = Asn1Time::days_from_now(0) else {
             return;
         };
-        let all = std::iter::once(("default", &self.default))
-            .chain(self.exact.iter().map(|(n, c)| (n.as_str(), c)))
-            .chain(self.wildcard.iter().map(|(n, c)| (n.as_str(), c)));
+        let all = std::iter::once(("default", &self.default)).chain(self.names.iter());
         for (name, ck) in all {
             if ck.leaf().not_after() < now {
                 log::warn!(

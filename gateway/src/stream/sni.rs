@@ -5,8 +5,6 @@
 //! are read until the handshake message is complete, at most [`MAX_HELLO_BYTES`]; the
 //! caller bounds the whole read with the stream's `handshake_timeout`.
 
-use std::collections::HashMap;
-
 use tls_parser::nom::Err as NomErr;
 use tls_parser::{
     parse_tls_client_hello_extensions, parse_tls_message_handshake, parse_tls_record_header,
@@ -20,97 +18,7 @@ pub const MAX_HELLO_BYTES: usize = 32 * 1024;
 /// The largest TLS record accepted (2^14 plus the expansion TLS allows).
 const MAX_RECORD: usize = 16384 + 2048;
 
-/// Lower-case a configured `sni` pattern and check its form: an exact host name or
-/// `*.suffix` (the wildcard matches one or more labels).
-pub fn normalize_pattern(pattern: &str) -> Result<String, String> {
-    let p = pattern.to_ascii_lowercase();
-    let name = p.strip_prefix("*.").unwrap_or(&p);
-    let valid = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        });
-    if valid {
-        Ok(p)
-    } else {
-        Err(format!(
-            "invalid sni `{pattern}`: expected a host name like \"db.example.com\" or a wildcard like \"*.apps.example.com\""
-        ))
-    }
-}
-
-/// Server names to values: exact names first, then the longest matching `*.` wildcard.
-/// Names compare case-insensitively.
-#[derive(Debug, Clone)]
-pub struct SniTable<T> {
-    exact: HashMap<String, T>,
-    /// `(".suffix", value)`, longest suffix first.
-    wildcards: Vec<(String, T)>,
-}
-
-impl<T> Default for SniTable<T> {
-    fn default() -> Self {
-        Self {
-            exact: HashMap::new(),
-            wildcards: Vec::new(),
-        }
-    }
-}
-
-impl<T> SniTable<T> {
-    /// A table of `(pattern, value)` pairs; invalid patterns (refused by the configuration's
-    /// validation) are skipped, and the first of duplicate patterns wins.
-    pub fn new(entries: impl IntoIterator<Item = (String, T)>) -> Self {
-        let mut table = Self::default();
-        for (pattern, value) in entries {
-            let Ok(p) = normalize_pattern(&pattern) else {
-                continue;
-            };
-            match p.strip_prefix('*') {
-                Some(suffix) => {
-                    if !table.wildcards.iter().any(|(s, _)| s == suffix) {
-                        table.wildcards.push((suffix.to_owned(), value));
-                    }
-                }
-                None => {
-                    table.exact.entry(p).or_insert(value);
-                }
-            }
-        }
-        table
-            .wildcards
-            .sort_by_key(|w| std::cmp::Reverse(w.0.len()));
-        table
-    }
-
-    /// Whether the table has no entry.
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.wildcards.is_empty()
-    }
-
-    /// The value for server name `name` (a trailing dot is ignored).
-    pub fn lookup(&self, name: &str) -> Option<&T> {
-        let name = name.strip_suffix('.').unwrap_or(name);
-        let lower;
-        let name = if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            lower = name.to_ascii_lowercase();
-            lower.as_str()
-        } else {
-            name
-        };
-        if let Some(v) = self.exact.get(name) {
-            return Some(v);
-        }
-        self.wildcards
-            .iter()
-            .find(|(suffix, _)| name.len() > suffix.len() && name.ends_with(suffix.as_str()))
-            .map(|(_, v)| v)
-    }
-}
+pub use crate::server_name::{normalize_pattern, ServerNameTable as SniTable};
 
 /// Why no ClientHello could be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
