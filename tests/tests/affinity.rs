@@ -982,7 +982,13 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         let mut ports = Vec::new();
         for i in 0..3 {
-            let port = free_port();
+            // A cluster node also listens on port + 10000 (its cluster bus): both must be free.
+            let port = loop {
+                let p = free_port();
+                if p <= 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+                    break p;
+                }
+            };
             let node_dir = dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&node_dir).unwrap();
             let child = Command::new("redis-server")
@@ -1005,7 +1011,7 @@ impl RedisCluster {
             nodes.push(child);
             ports.push(port);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(20);
         for &p in &ports {
             while !ping(p) {
                 assert!(
